@@ -1,0 +1,1 @@
+"""losses: composable loss objects and metrics (placeholder until the losses land)."""

@@ -1,0 +1,37 @@
+"""morphable: the linear 3D Morphable Model.
+
+Contract:
+
+- :class:`MorphableModel` (``nn.Module`` with buffers) maps identity ``[B,K_id]``,
+  expression ``[B,K_exp]`` and albedo ``[B,K_alb]`` coefficients to vertices ``[B,N,3]``
+  and per-vertex albedo ``[B,N,3]``.
+- The model file is safetensors with the schema in :mod:`morphable.schema`; loading
+  validates names, shapes, dtypes, index ranges and finiteness and raises
+  :class:`ModelFileError` naming the tensor. Loading never executes code from the file.
+- :class:`Parameters` holds the five groups (identity, expression, albedo, lighting,
+  pose) with a batch dimension; flat-vector and safetensors round trips; prior sampling.
+- :func:`save_mesh` writes OBJ/PLY with per-vertex colours.
+
+Imports torch, numpy, safetensors and trimesh only: never ``render``, ``losses`` or ``cli``.
+"""
+
+from .atomic import atomic_path
+from .mesh_io import MESH_FORMATS, save_mesh, to_trimesh
+from .model import MorphableModel
+from .parameters import (
+    AMBIENT,
+    GROUPS,
+    NUM_SH,
+    POSE_SIZE,
+    Parameters,
+    ParameterSizes,
+    default_lighting,
+)
+from .schema import NUM_LANDMARKS, ModelFileError, read_model_file, validate, write_model_file
+
+__all__ = [
+    "AMBIENT", "GROUPS", "MESH_FORMATS", "NUM_LANDMARKS", "NUM_SH", "POSE_SIZE",
+    "ModelFileError", "MorphableModel", "ParameterSizes", "Parameters",
+    "atomic_path", "default_lighting", "read_model_file", "save_mesh", "to_trimesh",
+    "validate", "write_model_file",
+]

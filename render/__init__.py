@@ -1,0 +1,1 @@
+"""render: differentiable rendering (placeholder until the renderer lands)."""
