@@ -21,7 +21,8 @@ from .meshes import grid_face
 from .renderer import Renderer
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
+def _timed(fn, device: torch.device, repeats: int) -> tuple[float, float]:
+    """(median, min) milliseconds of ``repeats`` runs after two warm-ups."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -34,7 +35,7 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return 1000.0 * statistics.median(times), 1000.0 * min(times)
 
 
 def _scene(batch: int, res: int, device: torch.device):
@@ -55,7 +56,7 @@ def _scene(batch: int, res: int, device: torch.device):
             translation.contiguous().to(**to), light.to(**to), albedo.to(**to), target.to(**to), camera)
 
 
-def run(backend: str, device: torch.device, res: int, batch: int, repeats: int) -> dict[str, float]:
+def run(backend: str, device: torch.device, res: int, batch: int, repeats: int) -> dict:
     vertices, tri, rot, translation, light, albedo, target, camera = _scene(batch, res, device)
     clip = camera.to_clip(vertices, rot, translation).detach()
     topology = ops.construct_topology_hash(tri, backend=backend)
@@ -93,8 +94,7 @@ def run(backend: str, device: torch.device, res: int, batch: int, repeats: int) 
         with torch.no_grad():
             results[f"{name} fwd"] = _timed(lambda: fn(False), device, repeats)
         results[f"{name} fwd+bwd"] = _timed(lambda: fn(True), device, repeats)
-    results["coverage"] = (rast[..., 3] > 0).float().mean().item()
-    return results
+    return results, (rast[..., 3] > 0).float().mean().item()
 
 
 def main(argv=None) -> None:
@@ -114,13 +114,16 @@ def main(argv=None) -> None:
         setups = [s for s in setups if s[0] in args.backend]
     vertices, tri = grid_face()
     print(f"mesh: {vertices.shape[0]} vertices, {tri.shape[0]} triangles; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads; median of {args.repeats} runs, milliseconds")
+          f"{torch.get_num_threads()} CPU threads; milliseconds, median (min) of {args.repeats} runs")
+    names = ["rasterize+interpolate", "antialias", "render+L1"]
+    print(f"{'backend':10s} {'dev':4s} {'res':>5s} {'B':>2s}  " + "  ".join(f"{n + ' ' + p:>27s}" for n in names
+                                                                         for p in ("fwd", "fwd+bwd")))
     for backend, device in setups:
         for res in args.res:
             for batch in args.batch:
-                r = run(backend, device, res, batch, args.repeats)
-                cells = "  ".join(f"{k} {v:8.1f}" for k, v in r.items() if k != "coverage")
-                print(f"{backend:10s} {device.type:4s} {res:4d}² B={batch:<2d} cov={r['coverage']:.2f}  {cells}")
+                results, coverage = run(backend, device, res, batch, args.repeats)
+                cells = "  ".join(f"{med:18.1f} ({low:6.1f})" for med, low in results.values())
+                print(f"{backend:10s} {device.type:4s} {res:4d}² {batch:2d}  {cells}   coverage {coverage:.2f}")
 
 
 if __name__ == "__main__":

@@ -38,14 +38,15 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     ``triangles [F,3]`` are counter-clockwise seen from outside, so normals point outwards.
     A vertex used by no triangle gets a zero normal.
     """
-    tri = triangles.long()
     bsz, n = vertices.shape[:2]
-    v = vertices.index_select(1, tri.reshape(-1)).reshape(bsz, -1, 3, 3)
+    # Flatten the batch into rows: index ops along dim 0 are several times faster on CPU.
+    corners = (triangles.long()[None] + n * torch.arange(bsz, device=vertices.device)[:, None, None]).reshape(-1)
+    flat = vertices.reshape(bsz * n, 3)
+    v = flat.index_select(0, corners).reshape(-1, 3, 3)  # [B*F, corner, xyz]
     # The cross product's length is twice the area: summing it weights by area.
-    face = torch.cross(v[:, :, 1] - v[:, :, 0], v[:, :, 2] - v[:, :, 0], dim=-1)
-    normals = torch.zeros_like(vertices)
-    for k in range(3):  # three corners, not a loop over triangles
-        normals = normals.index_add(1, tri[:, k], face)
+    face = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
+    normals = torch.zeros_like(flat).index_add(0, corners, face.repeat_interleave(3, dim=0))
+    normals = normals.reshape(bsz, n, 3)
     return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
 
 

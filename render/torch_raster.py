@@ -8,8 +8,8 @@ Rasterisation, in four steps:
 1. Triangle setup, per triangle: screen-space edge functions and the z/w plane, a pixel
    bounding box; triangles with a vertex at w <= 0, zero screen area, an empty box or all
    depths outside [-1, 1] are culled.
-2. Candidates: every pixel centre in every box (``repeat_interleave`` over box sizes),
-   kept if inside all three edges (inclusive, both windings: no backface culling) and its
+2. Candidates: every pixel centre in every box (boxes that fit a small tile are expanded
+   by broadcasting, larger ones with ``repeat_interleave``), kept if inside all three edges (inclusive, both windings: no backface culling) and its
    z/w lies in [-1, 1] (per-pixel near/far clipping, as the hardware does).
 3. Depth test: one ``scatter_reduce(amin)`` over int64 keys ``quantised z/w << 32 |
    triangle``; the nearest z/w wins, ties go to the lower triangle index.
@@ -59,7 +59,8 @@ def _triangle_setup(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int):
     pixel coordinates with rows counted bottom-up.
     """
     bsz, n_tri = pos.shape[0], tri.shape[0]
-    v = pos.index_select(1, tri.reshape(-1).long()).reshape(bsz, n_tri, 3, 4)
+    corners = tri.long()[None] + pos.shape[1] * torch.arange(bsz, device=pos.device)[:, None, None]
+    v = pos.reshape(-1, 4).index_select(0, corners.reshape(-1)).reshape(bsz, n_tri, 3, 4)
     cw = v[..., 3]
     inv_w = 1.0 / cw
     x = (v[..., 0] * inv_w + 1.0) * (0.5 * w)  # pixel units, x right
@@ -93,43 +94,84 @@ def _triangle_setup(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int):
     return coeffs, boxes, ids
 
 
-def _depth_test(coeffs, boxes, ids, n_tri: int, bsz: int, h: int, w: int) -> torch.Tensor:
-    """Z-buffer: for every pixel the smallest key (quantised z/w << 32 | triangle), [B*H*W] int64."""
+# Triangles whose pixel box fits in an s x s tile are expanded densely by broadcasting
+# (no per-candidate gathers); larger ones go through repeat_interleave.
+TILE_SIDES = (1, 2, 3, 4, 6, 8)
+
+
+def _emit(zbuf, z, px, py, tri_flat, n_tri: int, h: int, w: int) -> None:
+    """Scatter covered candidates into the z-buffer as int64 keys (quantised z/w << 32 | triangle)."""
+    batch = tri_flat // n_tri
+    zq = ((z.double() + 1.0) * (0.5 * _DEPTH_LEVELS)).long().clamp(0, _DEPTH_LEVELS)
+    key = (zq << 32) | (tri_flat - batch * n_tri)
+    zbuf.scatter_reduce_(0, (batch * h + py) * w + px, key, reduce="amin")
+
+
+def _inside(k: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor):
+    """Edge and depth tests of pixel centres (fx, fy) against coefficients k (broadcast), and z/w."""
+    inside = None
+    for i in range(3):
+        e = k[..., i] * fx + k[..., 3 + i] * fy + k[..., 6 + i]
+        inside = e >= 0 if inside is None else inside & (e >= 0)
+    z = k[..., 9] * fx + k[..., 10] * fy + k[..., 11]
+    return inside & (z >= -1) & (z <= 1), z
+
+
+def _draw_tiles(zbuf, coeffs, boxes, ids, side: int, n_tri: int, h: int, w: int) -> None:
+    """Triangles whose box fits a side x side tile: candidates [M, side*side] by broadcasting."""
+    off = torch.arange(side * side, device=coeffs.device)
+    ox, oy = off % side, off // side
+    per_chunk = max(1, MAX_CANDIDATES // (side * side))
+    for first in range(0, len(ids), per_chunk):
+        k = coeffs[first:first + per_chunk, None, :]
+        box = boxes[first:first + per_chunk]
+        px = box[:, 0:1] + ox
+        py = box[:, 1:2] + oy
+        inside, z = _inside(k, px.to(k.dtype) + 0.5, py.to(k.dtype) + 0.5)
+        if side > 1:
+            inside &= (ox < box[:, 2:3]) & (oy < box[:, 3:4])
+        m, c = inside.nonzero().unbind(1)
+        _emit(zbuf, z[m, c], px[m, c], py[m, c], ids[first:first + per_chunk][m], n_tri, h, w)
+
+
+def _draw_large(zbuf, coeffs, boxes, ids, n_tri: int, h: int, w: int) -> None:
+    """Any triangles: every pixel of every box, expanded with repeat_interleave, in chunks."""
     device = coeffs.device
-    zbuf = torch.full((bsz * h * w,), _EMPTY_KEY, dtype=torch.int64, device=device)
     counts = boxes[:, 2] * boxes[:, 3]
     ends = counts.cumsum(0)
     start = 0
     while start < len(counts):
         # Chunk over triangles so that at most MAX_CANDIDATES candidates exist at once.
         base = ends[start - 1] if start > 0 else torch.zeros((), dtype=ends.dtype, device=device)
-        stop = int(torch.searchsorted(ends, base + MAX_CANDIDATES, right=True))
-        stop = max(stop, start + 1)
-        sl = slice(start, stop)
-        start = stop
-        c = counts[sl]
+        stop = max(int(torch.searchsorted(ends, base + MAX_CANDIDATES, right=True)), start + 1)
+        c = counts[start:stop]
         total = int(c.sum())
-        if total == 0:
-            continue
         owner = torch.repeat_interleave(torch.arange(len(c), device=device), c, output_size=total)
-        first = c.cumsum(0) - c
-        local = torch.arange(total, device=device) - first[owner]
-        box = boxes[sl].index_select(0, owner)
-        bw = box[:, 2]
-        px = box[:, 0] + local % bw
-        py = box[:, 1] + local // bw
-        k = coeffs[sl].index_select(0, owner)
-        fx = px.to(k.dtype) + 0.5
-        fy = py.to(k.dtype) + 0.5
-        e = k[:, 0:3] * fx[:, None] + k[:, 3:6] * fy[:, None] + k[:, 6:9]
-        z = k[:, 9] * fx + k[:, 10] * fy + k[:, 11]
-        inside = ((e >= 0).all(1) & (z >= -1) & (z <= 1)).nonzero().squeeze(1)
-        tri_flat = ids[sl].index_select(0, owner.index_select(0, inside))
-        batch = tri_flat // n_tri
-        zq = ((z.index_select(0, inside).double() + 1.0) * (0.5 * _DEPTH_LEVELS)).long().clamp(0, _DEPTH_LEVELS)
-        key = (zq << 32) | (tri_flat - batch * n_tri)
-        pix = (batch * h + py.index_select(0, inside)) * w + px.index_select(0, inside)
-        zbuf.scatter_reduce_(0, pix, key, reduce="amin")
+        local = torch.arange(total, device=device) - (c.cumsum(0) - c)[owner]
+        box = boxes[start:stop].index_select(0, owner)
+        px = box[:, 0] + local % box[:, 2]
+        py = box[:, 1] + local // box[:, 2]
+        inside, z = _inside(coeffs[start:stop].index_select(0, owner), px.to(coeffs.dtype) + 0.5,
+                            py.to(coeffs.dtype) + 0.5)
+        sel = inside.nonzero().squeeze(1)
+        tri_flat = ids[start:stop].index_select(0, owner.index_select(0, sel))
+        _emit(zbuf, z[sel], px[sel], py[sel], tri_flat, n_tri, h, w)
+        start = stop
+
+
+def _depth_test(coeffs, boxes, ids, n_tri: int, bsz: int, h: int, w: int) -> torch.Tensor:
+    """Z-buffer: for every pixel the smallest key (quantised z/w << 32 | triangle), [B*H*W] int64."""
+    zbuf = torch.full((bsz * h * w,), _EMPTY_KEY, dtype=torch.int64, device=coeffs.device)
+    side = torch.maximum(boxes[:, 2], boxes[:, 3])
+    smaller = 0
+    for tile in TILE_SIDES:
+        sel = ((side > smaller) & (side <= tile)).nonzero().squeeze(1)
+        smaller = tile
+        if len(sel):
+            _draw_tiles(zbuf, coeffs[sel], boxes[sel], ids[sel], tile, n_tri, h, w)
+    sel = (side > smaller).nonzero().squeeze(1)
+    if len(sel):
+        _draw_large(zbuf, coeffs[sel], boxes[sel], ids[sel], n_tri, h, w)
     return zbuf
 
 

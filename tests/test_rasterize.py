@@ -144,12 +144,16 @@ def test_nearest_wins_and_batches_are_independent():
     assert torch.equal(single[0], rast[1])
 
 
-def test_large_frames_are_chunked(monkeypatch):
-    pos, tri = random_scene(7, n_tri=100)
+def test_chunking_and_tiling_do_not_change_the_result(monkeypatch):
+    pos, tri = random_scene(7, n_tri=400)
+    pos = pos * torch.tensor([0.3, 0.3, 1.0, 1.0])  # many small triangles, a few large ones
     full, _ = render.rasterize(pos, tri, (96, 96))
-    monkeypatch.setattr(torch_raster, "MAX_CANDIDATES", 500)
+    monkeypatch.setattr(torch_raster, "MAX_CANDIDATES", 50)
     chunked, _ = render.rasterize(pos, tri, (96, 96))
     assert torch.equal(full, chunked)
+    monkeypatch.setattr(torch_raster, "TILE_SIDES", ())  # every triangle through repeat_interleave
+    untiled, _ = render.rasterize(pos, tri, (96, 96))
+    assert torch.equal(full, untiled)
 
 
 def test_bad_inputs():
