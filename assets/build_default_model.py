@@ -23,7 +23,7 @@ Deterministic: the same wheel and seed give the same bytes. Needs morph installe
    rims and cheeks placed by the landmarks; 2000 random albedos (skin tone along a light to
    dark path, redness, regional variation) -> PCA -> 12 components.
 6. Masks: face region (inside the jaw line and below the top of the region), skin (face
-   region minus brows, eye openings and lips).
+   region minus brows, eye openings, lips and the mouth and eye-socket cavities).
 """
 
 from __future__ import annotations
@@ -343,6 +343,15 @@ def regions(vertices: np.ndarray, landmarks: np.ndarray) -> dict[str, np.ndarray
             "cheeks": cheeks, "face": face}
 
 
+def cavity(vertices: torch.Tensor, triangles: torch.Tensor) -> np.ndarray:
+    """Vertices of the mouth and eye-socket cavities: their normals face into the head."""
+    from render import vertex_normals
+
+    normals = vertex_normals(vertices[None], triangles)[0]
+    inside_head = torch.tensor([0.0, 0.0, -80.0])  # behind the face, mm
+    return (((vertices - inside_head) * normals).sum(-1) <= 0).numpy()
+
+
 def albedo_samples(vertices: np.ndarray, reg: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """Random plausible sRGB albedos ``[S, N*3]`` (synthetic, see the module docstring)."""
     light_skin, dark_skin = np.array([0.93, 0.76, 0.66]), np.array([0.38, 0.25, 0.19])
@@ -363,6 +372,7 @@ def albedo_samples(vertices: np.ndarray, reg: dict[str, np.ndarray], rng: np.ran
         brow = brow_colour * rng.uniform(0.5, 1.6) * (0.6 + 0.4 * (1 - tone))
         strength = reg["brows"][:, None] * rng.uniform(0.6, 0.95)
         colour = colour * (1 - strength) + np.minimum(brow, skin) * strength
+        colour[reg["cavity"]] = np.array([0.35, 0.13, 0.12]) * rng.uniform(0.7, 1.2)  # inside the mouth
         colour[reg["eye_inside"]] = np.array([0.80, 0.76, 0.72]) * rng.uniform(0.85, 1.0)  # sclera
         iris = np.array([0.30, 0.20, 0.13]) * rng.uniform(0.5, 1.5) + np.array([0.0, 0.05, 0.1]) * rng.uniform(0, 1)
         colour[reg["iris"]] = iris
@@ -418,6 +428,7 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
     image, pixels, visible = frontal_render(vertices_t, triangles_t, grey)
     landmarks = choose_landmarks([(detect_landmarks(image), pixels, visible)])
     reg = regions(shape_mean, landmarks)
+    reg["cavity"] = cavity(vertices_t, triangles_t)
     albedo = albedo_samples(shape_mean, reg, rng)
     albedo_mean, alb_basis, alb_ratio = pca(albedo, K_ALBEDO)
     log(f"albedo: {N_ALBEDO_SAMPLES} samples; {K_ALBEDO} components explain {alb_ratio.sum():.4f}")
@@ -431,7 +442,8 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
     err = np.linalg.norm(views[0][1][landmarks].numpy() - views[0][0], axis=1).mean()
     log(f"landmarks: dlib on {RENDER_SIZE}px renders at yaw {LANDMARK_YAWS}; frontal mean distance {err:.2f} px")
     face_mask = reg["face"]
-    skin_mask = face_mask & (reg["brows"] < 0.3) & (reg["lips"] < 0.3) & (reg["eye_rims"] < 0.3) & ~reg["eye_inside"]
+    skin_mask = (face_mask & (reg["brows"] < 0.3) & (reg["lips"] < 0.3) & (reg["eye_rims"] < 0.3)
+                 & ~reg["eye_inside"] & ~reg["cavity"])
 
     tensors = {
         "shape_mean": vertices_t,
