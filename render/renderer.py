@@ -19,6 +19,7 @@ class RenderOutput:
     mask: ``[B,1,H,W]`` coverage in [0, 1] (antialiased: fractional on silhouettes).
     depth: ``[B,1,H,W]`` the camera's ``view_depth`` per pixel, 0 off the mesh (on request).
     normals: ``[B,3,H,W]`` camera-space unit normals, 0 off the mesh (on request).
+    attributes: ``[B,C,H,W]`` extra per-vertex attributes interpolated (when given).
     rast: ``[B,H,W,4]`` the raw rasteriser output (bottom-up rows, nvdiffrast layout).
     """
 
@@ -26,6 +27,7 @@ class RenderOutput:
     mask: torch.Tensor
     depth: torch.Tensor | None = None
     normals: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
     rast: torch.Tensor | None = None
 
 
@@ -62,7 +64,9 @@ class Renderer(nn.Module):
 
     def forward(self, vertices: torch.Tensor, albedo: torch.Tensor, lighting: torch.Tensor, camera: nn.Module,
                 rotation: torch.Tensor, translation: torch.Tensor, scale: torch.Tensor | None = None,
-                with_depth: bool = False, with_normals: bool = False) -> RenderOutput:
+                with_depth: bool = False, with_normals: bool = False,
+                attributes: torch.Tensor | None = None) -> RenderOutput:
+        """Render; ``attributes [B,N,C]`` (optional) are interpolated without antialiasing."""
         backend = ops.resolve_backend(self.backend, vertices.device)
         tri = self.triangles
         clip = camera.to_clip(vertices, rotation, translation, scale)
@@ -73,6 +77,8 @@ class Renderer(nn.Module):
             attrs.append(camera.view_depth(vertices, rotation, translation, scale)[..., None])
         if with_normals:
             attrs.append(normals)
+        if attributes is not None:
+            attrs.append(attributes.expand(vertices.shape[0], -1, -1))
         rast, _ = ops.rasterize(clip, tri, camera.image_size, backend=backend)
         pixels, _ = ops.interpolate(torch.cat(attrs, -1), rast, tri, backend=backend)
         shaded = pixels[..., :4]
@@ -83,5 +89,7 @@ class Renderer(nn.Module):
         if with_depth:
             out.depth, rest = _to_image(rest[..., :1]), rest[..., 1:]
         if with_normals:
-            out.normals = _to_image(torch.nn.functional.normalize(rest, dim=-1))
+            out.normals, rest = _to_image(torch.nn.functional.normalize(rest[..., :3], dim=-1)), rest[..., 3:]
+        if attributes is not None:
+            out.attributes = _to_image(rest)
         return out

@@ -1,0 +1,108 @@
+"""Reading photos and landmark files, writing PNGs: every failure is an InputError naming the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from morphable import atomic_path
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+LANDMARK_SUFFIXES = {".pts", ".json", ".npy"}
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """An image file as a float tensor ``[3,H,W]`` in [0, 1].
+
+    Grayscale is repeated to RGB, alpha is dropped, 8/16-bit integers and floats are scaled.
+    """
+    try:
+        array = iio.imread(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except Exception as exc:  # imageio raises many types for undecodable data
+        raise InputError(f"{path}: cannot read the image ({type(exc).__name__})") from None
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first TIFF
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4) or min(array.shape[:2]) < 1:
+        raise InputError(f"{path}: not a 2D image (array of shape {list(array.shape)})")
+    if array.shape[-1] in (1, 2):  # gray (+ alpha)
+        array = np.repeat(array[..., :1], 3, axis=-1)
+    array = array[..., :3]
+    if np.issubdtype(array.dtype, np.integer):
+        scaled = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    elif np.issubdtype(array.dtype, np.floating):
+        scaled = array.astype(np.float32)
+        if not np.isfinite(scaled).all():
+            raise InputError(f"{path}: the image has NaN or infinite pixels")
+        scaled = np.clip(scaled, 0.0, 1.0)
+    elif array.dtype == bool:
+        scaled = array.astype(np.float32)
+    else:
+        raise InputError(f"{path}: unsupported pixel type {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``[3,H,W]`` in [0,1] -> ``[H,W,3]`` uint8."""
+    return (image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, image, extension=".png")
+
+
+def read_landmarks(path: Path) -> torch.Tensor:
+    """68 landmarks ``[68,2]`` in morph's pixel convention (pixel (i, j) has its centre at (j+0.5, i+0.5)).
+
+    Formats: iBUG ``.pts`` (read as 1-based, the 300-W convention: the centre of the
+    top-left pixel is (1, 1), so 0.5 is subtracted), ``.json`` (a list of 68 [x, y], or an
+    object with a ``"landmarks"`` list) and ``.npy`` (a 68x2 array), both in morph's convention.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in LANDMARK_SUFFIXES:
+        raise InputError(f"{path}: unknown landmark format (use {', '.join(sorted(LANDMARK_SUFFIXES))})")
+    try:
+        if suffix == ".pts":
+            points = _read_pts(path) - 0.5
+        elif suffix == ".json":
+            data = json.loads(path.read_text())
+            points = np.asarray(data["landmarks"] if isinstance(data, dict) else data, dtype=np.float64)
+        else:
+            points = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read landmarks ({type(exc).__name__}: {exc})") from None
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape != (68, 2):
+        raise InputError(f"{path}: expected 68 landmarks as 68x2, got shape {list(points.shape)}")
+    if not np.isfinite(points).all():
+        raise InputError(f"{path}: landmarks contain NaN or infinite values")
+    return torch.tensor(points, dtype=torch.float32)
+
+
+def _read_pts(path: Path) -> np.ndarray:
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        start, end = lines.index("{"), lines.index("}")
+    except ValueError:
+        raise InputError(f"{path}: not an iBUG .pts file (no '{{ ... }}' block)") from None
+    header = dict(line.split(":", 1) for line in lines[:start] if ":" in line)
+    rows = [line.split() for line in lines[start + 1:end]]
+    if "n_points" in header and int(header["n_points"]) != len(rows):
+        raise InputError(f"{path}: n_points says {int(header['n_points'])} but the file has {len(rows)} points")
+    return np.array([[float(v) for v in row[:2]] for row in rows])

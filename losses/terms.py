@@ -1,0 +1,150 @@
+"""Loss objects that compose: ``1.6e-3 * LandmarkLoss() + 1.92 * PhotometricLoss() + ...``.
+
+Every loss is an ``nn.Module`` with a ``name``, called as ``loss(prediction, target)`` on two
+dicts of tensors, so fitting and training share them. Keys (B = batch):
+
+prediction: ``landmarks [B,68,2]`` pixels; ``image [B,3,H,W]`` in [0,1]; ``mask [B,1,H,W]``
+    (where the photometric loss counts: rendered coverage x the model's skin mask);
+    coefficient groups ``identity``, ``expression``, ``albedo`` ``[B,K]``, ``lighting [B,27]``.
+target: ``landmarks [B,68,2]`` pixels; ``image [B,3,H,W]``; optional ``landmark_weights
+    [B,68]`` (e.g. zero for points a detector could not see).
+
+A single loss returns a scalar tensor; a sum (or a weighted loss) returns
+``(total, {name: weighted value})`` so the terms can be logged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NUM_LANDMARKS = 68
+
+
+class Loss(nn.Module):
+    """Base class: a named scalar loss of (prediction, target); supports ``w * loss`` and ``+``."""
+
+    name = "loss"
+
+    def __mul__(self, weight: float) -> "WeightedSum":
+        return WeightedSum([(float(weight), self)])
+
+    __rmul__ = __mul__
+
+    def __add__(self, other) -> "WeightedSum":
+        return WeightedSum([(1.0, self)]) + other
+
+
+class WeightedSum(nn.Module):
+    """A weighted sum of losses; calling it returns ``(total, {name: weighted term})``."""
+
+    def __init__(self, terms: list[tuple[float, Loss]]):
+        super().__init__()
+        self.weights = [w for w, _ in terms]
+        self.losses = nn.ModuleList([loss for _, loss in terms])
+        names = [loss.name for loss in self.losses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss names must be unique in a sum, got {names}")
+
+    def __add__(self, other) -> "WeightedSum":
+        if isinstance(other, Loss):
+            other = WeightedSum([(1.0, other)])
+        if not isinstance(other, WeightedSum):
+            return NotImplemented
+        return WeightedSum(list(zip(self.weights, self.losses)) + list(zip(other.weights, other.losses)))
+
+    def __mul__(self, weight: float) -> "WeightedSum":
+        return WeightedSum([(float(weight) * w, loss) for w, loss in zip(self.weights, self.losses)])
+
+    __rmul__ = __mul__
+
+    def forward(self, prediction: dict, target: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms = {loss.name: w * loss(prediction, target) for w, loss in zip(self.weights, self.losses)}
+        return sum(terms.values()), terms
+
+
+def deep3d_landmark_weights() -> torch.Tensor:
+    """Deep3DFaceRecon's preset ``[68]``: nose ridge 27-30 and inner mouth 60-67 count 20 times."""
+    w = torch.ones(NUM_LANDMARKS)
+    w[27:31] = 20.0
+    w[60:68] = 20.0
+    return w
+
+
+class LandmarkLoss(Loss):
+    """Weighted mean squared distance of 68 landmarks, in pixels², divided by ``scale²``.
+
+    Args:
+        weights: ``[68]`` per-point weights (default all ones; see :func:`deep3d_landmark_weights`).
+        scale: pixels per unit of the loss (e.g. the image size, to make it resolution-free).
+    """
+
+    name = "landmark"
+
+    def __init__(self, weights: torch.Tensor | None = None, scale: float = 1.0):
+        super().__init__()
+        self.register_buffer("weights", torch.ones(NUM_LANDMARKS) if weights is None else weights.float())
+        self.scale = float(scale)
+
+    def forward(self, prediction: dict, target: dict) -> torch.Tensor:
+        pred, gt = prediction["landmarks"], target["landmarks"]
+        w = self.weights.to(pred.dtype).expand(pred.shape[0], -1)
+        if "landmark_weights" in target:
+            w = w * target["landmark_weights"]
+        sq = ((pred - gt) ** 2).sum(-1) / self.scale**2
+        return (w * sq).sum() / w.sum().clamp_min(1e-12)
+
+
+class PhotometricLoss(Loss):
+    """Colour distance inside the prediction's mask.
+
+    ``robust=True`` (default) is the L2,1 norm of Deep3DFaceRecon: the per-pixel Euclidean
+    colour distance, averaged over the mask; ``robust=False`` averages squared distances.
+    """
+
+    name = "photometric"
+
+    def __init__(self, robust: bool = True, eps: float = 1e-8):
+        super().__init__()
+        self.robust = robust
+        self.eps = eps
+
+    def forward(self, prediction: dict, target: dict) -> torch.Tensor:
+        mask = prediction["mask"]
+        sq = ((prediction["image"] - target["image"]) ** 2).sum(1, keepdim=True)
+        dist = torch.sqrt(sq + self.eps) if self.robust else sq
+        return (mask * dist).sum() / mask.sum().clamp_min(1.0)
+
+
+class CoefficientPrior(Loss):
+    """Weighted mean of squared coefficients per group (coefficients are ~N(0, 1) a priori).
+
+    Args:
+        identity, expression, albedo: weights of the three groups (Deep3DFaceRecon:
+            1.0, 0.8, 1.7e-3 relative to each other).
+    """
+
+    name = "prior"
+
+    def __init__(self, identity: float = 1.0, expression: float = 0.8, albedo: float = 1.7e-3):
+        super().__init__()
+        self.group_weights = {"identity": identity, "expression": expression, "albedo": albedo}
+
+    def forward(self, prediction: dict, target: dict) -> torch.Tensor:
+        total = 0.0
+        for group, w in self.group_weights.items():
+            c = prediction.get(group)
+            if w and c is not None and c.numel():
+                total = total + w * (c**2).sum(-1).mean()
+        return torch.as_tensor(total)
+
+
+class LightingPrior(Loss):
+    """Pulls SH lighting ``[B,27]`` towards monochrome light: the variance across R, G, B of
+    each of the 9 coefficients (Deep3DFaceRecon's gamma loss)."""
+
+    name = "lighting"
+
+    def forward(self, prediction: dict, target: dict) -> torch.Tensor:
+        light = prediction["lighting"].reshape(-1, 3, 9)
+        return ((light - light.mean(1, keepdim=True)) ** 2).sum((1, 2)).mean()
