@@ -39,9 +39,12 @@ class FitConfig:
     crop_scale: float = 1.5  # crop side / larger side of the landmarks' bounding box
     closed_form_iterations: int = 4
     landmark_sigma_px: float = 2.0  # landmark noise assumed by the closed-form solve (crop px)
+    # Weight of the 17 jaw points: detectors follow the visible outline, which on a turned
+    # head is not the fixed jaw vertices the model has.
+    jaw_weight: float = 0.05
     # Loss weights (landmark loss in crop pixels / resolution, i.e. resolution-free).
     w_landmark: float = 1.0
-    w_photometric: float = 0.02
+    w_photometric: float = 0.01
     # Priors, relative to the landmark loss: MAP weights for landmark noise of ~1-2 crop pixels.
     w_prior_identity: float = 1e-6
     w_prior_expression: float = 2e-6
@@ -261,6 +264,7 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
     res = config.resolution
     camera = render.OrthographicCamera((res, res))
     lm_weights = torch.ones(68, device=device)
+    lm_weights[:17] = config.jaw_weight
 
     rotation, translation, scale, identity, expression = closed_form_init(
         model, target_lm[0].cpu(), lm_weights.cpu(), config)
@@ -272,7 +276,7 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
     params.expression[:] = expression.to(device)
     variables = _Variables(params).to(device)
 
-    landmark_loss = losses.LandmarkLoss(scale=res).to(device)
+    landmark_loss = losses.LandmarkLoss(lm_weights, scale=res).to(device)
     prior = losses.CoefficientPrior(config.w_prior_identity, config.w_prior_expression, config.w_prior_albedo)
     stage1_loss = config.w_landmark * landmark_loss + prior
 
