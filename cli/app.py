@@ -126,9 +126,9 @@ def _device(device: str) -> str:
 
 ModelOption = typer.Option(None, "--model", "-m", help="Model file (default: the shipped assets/morph_face.safetensors).")
 DeviceOption = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")
-ResolutionOption = typer.Option(224, "--resolution", "-r", min=64, max=1024, help="Working resolution of the crop (pixels).")
-StepsOption = typer.Option(100, "--steps", min=0, help="Photometric-stage iterations (0: landmarks only).")
-LandmarkStepsOption = typer.Option(150, "--landmark-steps", min=1, help="Landmark-stage iterations (L-BFGS evaluations).")
+ResolutionOption = typer.Option(FitConfig.resolution, "--resolution", "-r", min=64, max=1024, help="Working resolution of the crop (pixels).")
+StepsOption = typer.Option(FitConfig.photometric_steps, "--steps", min=0, help="Photometric-stage iterations (0: landmarks only).")
+LandmarkStepsOption = typer.Option(FitConfig.landmark_steps, "--landmark-steps", min=1, help="Landmark-stage iterations (L-BFGS evaluations).")
 
 
 @app.command("fit")

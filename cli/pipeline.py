@@ -27,7 +27,7 @@ MIN_IMAGE_SIDE = 16
 class Prepared:
     image: torch.Tensor  # [3,H,W]
     landmarks: torch.Tensor  # [68,2]
-    source: str  # "file" or "dlib"
+    source: str  # "annotation" (a landmark file) or "detector" (dlib)
     faces_found: int
     detect_seconds: float
 
@@ -47,13 +47,13 @@ def prepare(image_path: Path, landmarks_path: Path | None = None) -> Prepared:
         raise InputError(f"{image_path}: image too small ({w}x{h}); need at least {MIN_IMAGE_SIDE} px a side")
     start = time.perf_counter()
     if landmarks_path is not None:
-        landmarks, source, faces = read_landmarks(landmarks_path), "file", 1
+        landmarks, source, faces = read_landmarks(landmarks_path), "annotation", 1
     else:
         try:
             landmarks, faces = detect_landmarks(image)
         except InputError as exc:
             raise InputError(f"{image_path}: {exc}") from None
-        source = "dlib"
+        source = "detector"
     return Prepared(image, landmarks, source, faces, time.perf_counter() - start)
 
 
@@ -61,7 +61,8 @@ def fit_and_write(image_path: Path, out_root: Path, model: MorphableModel, confi
                   device: str = "cpu", landmarks_path: Path | None = None, progress=None) -> tuple[FitResult, Prepared]:
     """Fit one image and write ``out_root/<stem>/`` (see :mod:`cli.outputs`)."""
     prepared = prepare(image_path, landmarks_path)
-    result = fit(prepared.image, prepared.landmarks, model, config, device=device, progress=progress)
+    result = fit(prepared.image, prepared.landmarks, model, config, device=device, progress=progress,
+                     landmark_source=prepared.source)
     extra = {"landmarks_source": prepared.source, "faces_found": prepared.faces_found,
              "detect_seconds": round(prepared.detect_seconds, 3),
              "landmark_nme_vs_input": {
@@ -104,7 +105,8 @@ def evaluate(folder: Path, model: MorphableModel, config: FitConfig, device: str
             if on_image:
                 on_image(row)
             continue
-        result = fit(prepared.image, prepared.landmarks, model, config, device=device, progress=progress)
+        result = fit(prepared.image, prepared.landmarks, model, config, device=device, progress=progress,
+                     landmark_source=prepared.source)
         for name, points in (("fit", result.fitted_landmarks), ("dlib", prepared.landmarks)):
             for norm in ("bbox", "outer_eye"):
                 row[f"{name}_nme_{norm}"] = float(landmark_nme(points, truth, norm))

@@ -116,7 +116,7 @@ def test_fit_cli_on_the_astronaut(tmp_path):
     assert np.linalg.norm(fitted - target, axis=1).mean() < 8.0  # pixels, 512 px image
     report = json.loads((out / "report.json").read_text())
     assert report["backend"] == "torch" and [s["name"] for s in report["stages"]] == ["landmark", "photometric"]
-    assert report["landmarks_source"] == "dlib"
+    assert report["landmarks_source"] == "detector"
     mesh = trimesh.load(out / "mesh.ply", process=False)
     assert len(mesh.vertices) == 12146
     params = Parameters.load(out / "params.safetensors")
@@ -147,7 +147,7 @@ def test_fit_with_a_landmark_file_and_odd_image_formats(tmp_path):
     torch.testing.assert_close(read_landmarks(pts), torch.tensor(marks), atol=1e-4, rtol=0)
     result = runner.invoke(app, ["fit", str(gray), "-l", str(pts), "-o", str(tmp_path / "out2")] + QUICK)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "out2" / "gray" / "report.json").read_text())["landmarks_source"] == "file"
+    assert json.loads((tmp_path / "out2" / "gray" / "report.json").read_text())["landmarks_source"] == "annotation"
 
 
 def test_huge_image_is_downscaled_for_detection(tmp_path):
