@@ -1,7 +1,6 @@
 """Fitting: the closed-form pose, the crop, a synthetic round trip, the CLI on real and bad input."""
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 import losses
 import render
 from cli import app
+from cli.benchmark import synthetic_face
 from cli.fitting import Crop, FitConfig, FitDiverged, crop_image, fit, solve_pose
 from cli.imageio_utils import load_image, read_landmarks
 from morphable import MorphableModel, Parameters
@@ -56,27 +56,8 @@ def test_crop_maps_points_and_pixels_consistently():
     torch.testing.assert_close(crop.to_original(crop.to_crop(torch.tensor([[3.0, 4.0]]))), torch.tensor([[3.0, 4.0]]))
 
 
-def _synthetic_face(model):
-    g = torch.Generator().manual_seed(3)
-    p = Parameters.sample_prior(model.parameter_sizes, 1, g)
-    p.expression *= 0.5
-    p.lighting[:, [1, 10, 19]] = 0.2
-    p.lighting[:, [2, 11, 20]] = 0.3
-    p.lighting[:, [3, 12, 21]] = -0.15
-    p.pose[:, :3] = torch.tensor([[0.1, 0.3, -0.05]])
-    p.pose[:, 3:5] = torch.tensor([[112.0, 118.0]])
-    p.pose[:, 6] = 0.95
-    camera = render.OrthographicCamera((224, 224))
-    rotation = kornia.geometry.conversions.axis_angle_to_rotation_matrix(p.rotation)
-    with torch.no_grad():
-        v, a = model(p.identity, p.expression, p.albedo)
-        out = render.Renderer(model.triangles)(v, a, p.lighting, camera, rotation, p.translation, p.scale)
-        landmarks = camera.project(model.landmark_points(v), rotation, p.translation, p.scale)[0]
-    return out.image[0].clamp(0, 1), landmarks
-
-
 def test_synthetic_round_trip(default_model):
-    image, landmarks = _synthetic_face(default_model)
+    image, landmarks = synthetic_face(default_model, seed=0)
     result = fit(image, landmarks, default_model, FitConfig())
     error = (result.fitted_landmarks - landmarks).norm(dim=-1)
     assert error.mean() <= 0.5
@@ -86,7 +67,7 @@ def test_synthetic_round_trip(default_model):
 
 
 def test_divergence_is_reported(default_model):
-    image, landmarks = _synthetic_face(default_model)
+    image, landmarks = synthetic_face(default_model, seed=0)
     image[:, 100:120, 100:120] = float("nan")
     with pytest.raises(FitDiverged, match="photometric stage at step 0"):
         fit(image, landmarks, default_model, FitConfig(landmark_steps=5, photometric_steps=5))
