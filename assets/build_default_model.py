@@ -58,7 +58,7 @@ N_ALBEDO_SAMPLES = 2000
 K_IDENTITY = 80
 K_ALBEDO = 12
 TARGET_SIGMA = 0.3
-EXPRESSION_SCALE = 0.4
+EXPRESSION_SCALE = 0.25
 RENDER_SIZE = 512
 LANDMARK_YAWS = (0, -15, 15, -30, 30)
 
@@ -474,7 +474,7 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
 
 def write_picture(model, path: Path, seed: int = 1) -> None:
     """The README's picture: mean face (with landmarks) and a turned view, four random
-    identities with random albedo, and six expressions at 2.5 standard deviations."""
+    identities with random albedo, and six expressions at one full ARKit activation."""
     import imageio.v3 as iio
 
     from morphable import atomic_path
@@ -501,7 +501,7 @@ def write_picture(model, path: Path, seed: int = 1) -> None:
                   ["browInnerUp", "browOuterUpLeft", "browOuterUpRight"], ["mouthPucker"],
                   ["mouthFrownLeft", "mouthFrownRight", "browDownLeft", "browDownRight"]):
         e = torch.zeros(1, model.n_expression)
-        e[0, [names.index(u) for u in units]] = 2.5
+        e[0, [names.index(u) for u in units]] = 1.0 / EXPRESSION_SCALE
         tile(expression=e)
     grid = np.concatenate([np.concatenate(tiles[:6], 1), np.concatenate(tiles[6:], 1)], 0)
     with atomic_path(path) as tmp:
