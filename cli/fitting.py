@@ -47,7 +47,7 @@ class FitConfig:
     # Loss weights (landmark loss in crop pixels / resolution, i.e. resolution-free).
     w_landmark: float = 1.0
     w_photometric: float = 0.01
-    # Shape priors per unit sigma² (4e-6 and 8e-7 at sigma = 2 px), the albedo prior and
+    # Shape priors per unit sigma² (1e-6 and 8e-7 at sigma = 2 px), the albedo prior and
     # the lighting prior relative to the landmark loss.
     w_prior_identity: float = 2.5e-7
     w_prior_expression: float = 2e-7
