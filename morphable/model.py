@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .parameters import ParameterSizes
-from .schema import FORMAT_NAME, FORMAT_VERSION, OPTIONAL_TENSORS, parse_names, read_model_file, validate, write_model_file
+from .schema import FORMAT_NAME, FORMAT_VERSION, OPTIONAL_TENSORS, parse_names, read_unvalidated, validate, write_model_file
 
 
 class MorphableModel(nn.Module):
@@ -32,9 +32,9 @@ class MorphableModel(nn.Module):
 
     def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                  n_identity: int | None = None, n_expression: int | None = None,
-                 n_albedo: int | None = None):
+                 n_albedo: int | None = None, source: str | os.PathLike = "<memory>"):
         super().__init__()
-        tensors = validate(tensors, metadata)
+        tensors = validate(tensors, metadata, source)
         self.metadata = dict(metadata)
         self.metadata.setdefault("format", FORMAT_NAME)
         self.metadata.setdefault("format_version", FORMAT_VERSION)
@@ -59,8 +59,8 @@ class MorphableModel(nn.Module):
     def from_file(cls, path: str | os.PathLike, n_identity: int | None = None,
                   n_expression: int | None = None, n_albedo: int | None = None) -> "MorphableModel":
         """Load and validate a safetensors model file (raises :class:`ModelFileError`)."""
-        tensors, metadata = read_model_file(path)
-        return cls(tensors, metadata, n_identity, n_expression, n_albedo)
+        tensors, metadata = read_unvalidated(path)
+        return cls(tensors, metadata, n_identity, n_expression, n_albedo, source=path)
 
     def save(self, path: str | os.PathLike, float_dtype: torch.dtype = torch.float32) -> None:
         """Write the model (as truncated) to a safetensors file, atomically."""

@@ -171,6 +171,12 @@ def parse_names(text: str, path="<memory>", key: str = "names") -> list[str]:
 
 def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read and validate a model file: ``(tensors, metadata)``; see the module docstring."""
+    tensors, metadata = read_unvalidated(path)
+    return validate(tensors, metadata, path), metadata
+
+
+def read_unvalidated(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file's tensors and metadata as stored (no schema checks)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(path, "no such file")
@@ -181,7 +187,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(path, f"not a readable safetensors file ({reason})") from None
-    return validate(tensors, metadata, path), metadata
+    return tensors, metadata
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
