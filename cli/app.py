@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
@@ -13,7 +12,7 @@ from rich.progress import track
 
 from morphable import MESH_FORMATS, MorphableModel, Parameters, save_mesh
 
-from .errors import USER_ERRORS, InputError, fail, reported_errors
+from .errors import USER_ERRORS, InputError, fail, one_line, report, reported_errors
 from .fitting import FitConfig, FitDiverged
 
 app = typer.Typer(
@@ -176,7 +175,7 @@ def fit_command(
                                                  progress=lambda: bar.advance(task))
             except (*USER_ERRORS, FitDiverged) as exc:
                 failures.append(path)
-                print(f"morph: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+                report(one_line(exc))
                 continue
             note = f" ({prepared.faces_found} faces found, used the largest)" if prepared.faces_found > 1 else ""
             typer.echo(f"{path}: fitted in {result.seconds:.1f} s -> {out / path.stem}{note}")

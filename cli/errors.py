@@ -18,9 +18,14 @@ class InputError(Exception):
 USER_ERRORS = (InputError, ModelFileError, OSError)
 
 
+def report(message: str) -> None:
+    """Print ``morph: error: <first line of message>`` to stderr."""
+    print(f"morph: error: {message.strip().splitlines()[0] if message.strip() else message}", file=sys.stderr)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``morph: error: message`` to stderr and return the Exit to raise."""
-    print(f"morph: error: {message}", file=sys.stderr)
+    """Report ``message`` and return the Exit to raise."""
+    report(message)
     return typer.Exit(code)
 
 
@@ -30,10 +35,10 @@ def reported_errors():
     try:
         yield
     except USER_ERRORS as exc:
-        raise fail(_one_line(exc)) from None
+        raise fail(one_line(exc)) from None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     text = str(exc).strip() or type(exc).__name__
