@@ -152,7 +152,9 @@ def fit_command(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .pipeline import collect_images, fit_and_write, load_default_model
+    from .defaults import load_model
+    from .files import collect_images
+    from .fitting import fit_and_write
 
     with reported_errors():
         dev = _device(device)
@@ -161,7 +163,7 @@ def fit_command(
             raise InputError("no images found in " + ", ".join(map(str, images)))
         if landmarks is not None and len(paths) != 1:
             raise InputError(f"--landmarks goes with exactly one image, got {len(paths)}")
-        face_model = load_default_model(model)
+        face_model = load_model(model)
     config = _config(resolution, steps, landmark_steps)
     failures = []
     per_image = config.landmark_steps + config.photometric_steps
@@ -204,13 +206,15 @@ def eval_command(
 
     Example: morph eval ../shared/data/faces --json eval.json
     """
-    from .pipeline import evaluate, load_default_model, write_json
+    from .defaults import load_model
+    from .files import write_json
+    from .fitting import evaluate
 
     with reported_errors():
         dev = _device(device)
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder")
-        face_model = load_default_model(model)
+        face_model = load_model(model)
     config = _config(resolution, steps, landmark_steps)
     header = f"{'image':18s} {'fit bbox':>9s} {'dlib bbox':>9s} {'fit eye':>8s} {'dlib eye':>8s} {'sec':>6s}"
     typer.echo(header)

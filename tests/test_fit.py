@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 import losses
 import render
 from cli import app
-from cli.benchmark import synthetic_face
-from cli.fitting import Crop, FitConfig, FitDiverged, crop_image, fit, solve_pose
-from cli.imageio_utils import load_image, read_landmarks
+from cli.crop import Crop, crop_image
+from cli.files import load_image, read_landmarks
+from cli.fitting import FitConfig, FitDiverged, fit, solve_pose
+from cli.fitting.benchmark import synthetic_face
 from morphable import MorphableModel, Parameters
 
 ROOT = Path(__file__).resolve().parents[1]

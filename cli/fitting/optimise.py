@@ -1,19 +1,15 @@
 """Per-image fitting (analysis by synthesis), callable from Python; ``morph fit`` only calls it.
 
-Pipeline: landmarks (given, or dlib) -> square crop around them, resized to the working
-resolution -> closed-form scaled-orthographic pose and linear shape solve from the
-landmarks (as eos does) -> landmark stage (pose, identity, expression; Adam) -> photometric
-stage (all five groups; landmark + photometric + priors; Adam) -> results in crop and in
-original-image coordinates.
-
-The camera is ``render.OrthographicCamera`` in crop pixels: pixels = scale * (R v)_xy
-(y flipped) + translation; ``Parameters.pose`` = axis-angle rotation | translation (px,
-the third value unused) | scale (px per mm).
+Pipeline: landmarks (given, or detected) -> square crop around them (:mod:`cli.crop`) ->
+closed-form scaled-orthographic pose and linear shape solve from the landmarks (as eos
+does) -> landmark stage (pose, identity, expression; L-BFGS) -> photometric stage (all
+five groups; landmark + photometric + priors; Adam) -> results in crop and in
+original-image coordinates. The face is rendered by :class:`cli.scene.FaceScene`, the
+same call the trainer makes.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,7 +20,9 @@ import losses
 import render
 from morphable import MorphableModel, Parameters
 
-from .errors import InputError
+from ..crop import CROP_SCALE, Crop, crop_image, make_crop
+from ..scene import FaceScene
+from .closed_form import closed_form_init
 
 
 class FitDiverged(RuntimeError):
@@ -36,7 +34,7 @@ class FitConfig:
     resolution: int = 224
     landmark_steps: int = 150
     photometric_steps: int = 150
-    crop_scale: float = 1.5  # crop side / larger side of the landmarks' bounding box
+    crop_scale: float = CROP_SCALE
     closed_form_iterations: int = 4
     # How much the landmarks are trusted (None: by their source, see LANDMARK_SOURCES):
     # the noise sigma in crop pixels sets the shape priors (MAP: weight ~ sigma²), and the
@@ -66,25 +64,6 @@ LANDMARK_SOURCES = {"detector": (2.0, 0.05), "annotation": (0.5, 1.0)}
 
 
 @dataclass
-class Crop:
-    """Original pixels -> crop pixels: ``crop = scale * (original - origin)``."""
-
-    origin_x: float
-    origin_y: float
-    scale: float
-    size: int
-
-    def to_crop(self, points: torch.Tensor) -> torch.Tensor:
-        return (points - points.new_tensor([self.origin_x, self.origin_y])) * self.scale
-
-    def to_original(self, points: torch.Tensor) -> torch.Tensor:
-        return points / self.scale + points.new_tensor([self.origin_x, self.origin_y])
-
-    def as_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.origin_x, self.origin_y, self.scale, float(self.size)])
-
-
-@dataclass
 class StageReport:
     name: str
     iterations: int
@@ -108,72 +87,6 @@ class FitResult:
     crop_mask: torch.Tensor | None = None
 
 
-def make_crop(landmarks: torch.Tensor, size: int, crop_scale: float) -> Crop:
-    lo, hi = landmarks.amin(0), landmarks.amax(0)
-    centre = 0.5 * (lo + hi)
-    side = float((hi - lo).max()) * crop_scale
-    if not side > 1.0:
-        raise InputError("the landmarks span less than a pixel")
-    return Crop(float(centre[0]) - side / 2, float(centre[1]) - side / 2, size / side, size)
-
-
-def crop_image(image: torch.Tensor, crop: Crop) -> torch.Tensor:
-    """``[3,H,W]`` -> ``[1,3,S,S]``: the similarity ``crop`` applied with kornia (border replicated)."""
-    s = crop.scale
-    # warp_affine maps pixel indices; with centres at index + 0.5 the offset gains 0.5 * (s - 1).
-    m = torch.tensor([[[s, 0.0, -s * crop.origin_x + 0.5 * s - 0.5],
-                       [0.0, s, -s * crop.origin_y + 0.5 * s - 0.5]]], dtype=image.dtype, device=image.device)
-    src = image[None]
-    if s < 1:  # downscaling: blur first so the crop is not aliased
-        sigma = 0.5 / s
-        k = int(2 * math.ceil(2 * sigma) + 1)
-        src = kornia.filters.gaussian_blur2d(src, (k, k), (sigma, sigma), border_type="replicate")
-    return kornia.geometry.transform.warp_affine(src, m, (crop.size, crop.size), padding_mode="border",
-                                                 align_corners=True)
-
-
-# -- closed-form initialisation ------------------------------------------------------------
-def solve_pose(points3d: torch.Tensor, points2d: torch.Tensor, weights: torch.Tensor):
-    """Scaled-orthographic pose from 3D-2D correspondences (affine fit, then nearest rotation).
-
-    Returns (rotation [3,3], translation [2], scale) with points2d ~ scale * (R X)_xy * (1, -1) + t.
-    """
-    xh = torch.cat([points3d, torch.ones_like(points3d[:, :1])], 1).double()
-    sw = weights.double().sqrt()[:, None]
-    solution = torch.linalg.lstsq(xh * sw, points2d.double() * sw).solution  # [4,2]
-    a = solution[:3].T.clone()  # [2,3]
-    a[1] = -a[1]  # image y points down
-    u, s, vt = torch.linalg.svd(a, full_matrices=False)
-    rows = u @ vt  # nearest matrix with orthonormal rows
-    rotation = torch.cat([rows, torch.linalg.cross(rows[0], rows[1])[None]])
-    return rotation.float(), solution[3].float(), float(s.mean())
-
-
-def closed_form_init(model: MorphableModel, landmarks: torch.Tensor, weights: torch.Tensor, sigma: float,
-                     iterations: int = 4):
-    """Alternate pose and linear identity+expression solves on the 68 landmarks (eos-style)."""
-    lm = model.landmarks
-    mean = model.shape_mean[lm].double()
-    basis = torch.cat([model.identity_basis[lm], model.expression_basis[lm]], -1).double()  # [68,3,K]
-    n_id = model.n_identity
-    prior = torch.cat([torch.full((n_id,), 1.0), torch.full((model.n_expression,), 2.0)]).double()
-    coeffs = torch.zeros(basis.shape[-1], dtype=torch.float64)
-    w = weights.double()
-    for _ in range(iterations):
-        points = mean + basis @ coeffs
-        rotation, translation, scale = solve_pose(points.float(), landmarks, weights)
-        r = rotation.double()
-        flip = torch.tensor([1.0, -1.0], dtype=torch.float64)
-        projected_mean = scale * (mean @ r.T)[:, :2] * flip + translation.double()
-        a = scale * torch.einsum("ij,njk->nik", r[:2], basis) * flip[None, :, None]  # [68,2,K]
-        a = a.reshape(-1, basis.shape[-1])
-        residual = (landmarks.double() - projected_mean).reshape(-1)
-        wr = w.repeat_interleave(2) / sigma**2
-        lhs = a.T @ (wr[:, None] * a) + torch.diag(prior)
-        coeffs = torch.linalg.solve(lhs, a.T @ (wr * residual))
-    return rotation, translation, scale, coeffs[:n_id].float(), coeffs[n_id:].float()
-
-
 # -- the optimisation ----------------------------------------------------------------------
 class _Variables(torch.nn.Module):
     """The optimised quantities; scale is optimised in log space (it must stay positive)."""
@@ -186,13 +99,14 @@ class _Variables(torch.nn.Module):
         for group in ("identity", "expression", "albedo", "lighting"):
             setattr(self, group, torch.nn.Parameter(getattr(params, group).clone()))
 
-    def rotation_matrix(self) -> torch.Tensor:
-        return kornia.geometry.conversions.axis_angle_to_rotation_matrix(self.rotation)
-
-    def to_parameters(self) -> Parameters:
+    def current(self) -> Parameters:
+        """The parameters as the variables stand (differentiable; scale = exp(log_scale))."""
         translation = torch.cat([self.translation, torch.zeros_like(self.translation[:, :1])], 1)
         pose = torch.cat([self.rotation, translation, self.log_scale.exp()], 1)
-        return Parameters(self.identity, self.expression, self.albedo, self.lighting, pose).detach()
+        return Parameters(self.identity, self.expression, self.albedo, self.lighting, pose)
+
+    def to_parameters(self) -> Parameters:
+        return self.current().detach()
 
 
 def _check_finite(loss: torch.Tensor, variables: _Variables, stage: str, step: int) -> None:
@@ -208,10 +122,10 @@ class _LandmarkModel:
         self.mean = model.shape_mean[lm]  # [68,3]
         self.basis = torch.cat([model.identity_basis[lm], model.expression_basis[lm]], -1).reshape(68 * 3, -1)
 
-    def project(self, v: _Variables, camera: render.OrthographicCamera) -> torch.Tensor:
+    def project(self, v: _Variables, scene: FaceScene) -> torch.Tensor:
         coeffs = torch.cat([v.identity, v.expression], 1)
         points = self.mean + (coeffs @ self.basis.T).reshape(-1, 68, 3)
-        return camera.project(points, v.rotation_matrix(), v.translation, v.log_scale.exp())
+        return scene.project(points, v.current())
 
 
 def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam"):
@@ -280,7 +194,7 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
     target_image = crop_image(image.to(device), crop)
     target_lm = crop.to_crop(landmarks.to(device))[None]
     res = config.resolution
-    camera = render.OrthographicCamera((res, res))
+    scene = FaceScene(model, res, backend).to(device)
     lm_weights = torch.ones(68, device=device)
     lm_weights[:17] = jaw_weight
 
@@ -298,11 +212,10 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
     prior = losses.CoefficientPrior(config.w_prior_identity * sigma**2, config.w_prior_expression * sigma**2,
                                     config.w_prior_albedo)
     stage1_loss = config.w_landmark * landmark_loss + prior
-
     landmark_model = _LandmarkModel(model)
 
     def stage1():
-        pred = {"landmarks": landmark_model.project(variables, camera),
+        pred = {"landmarks": landmark_model.project(variables, scene),
                 "identity": variables.identity, "expression": variables.expression}
         return stage1_loss(pred, {"landmarks": target_lm})
 
@@ -310,61 +223,21 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
                          ["rotation", "translation", "log_scale", "identity", "expression"], stage1, config, progress,
                          method="lbfgs")]
 
-    renderer = render.Renderer(model.triangles, backend=backend).to(device)
-    skin = (model.skin_mask if model.skin_mask is not None else torch.ones(model.num_vertices, dtype=torch.bool,
-                                                                           device=device))
-    skin = skin.to(device, torch.float32)[None, :, None]
     stage2_loss = (config.w_landmark * landmark_loss + config.w_photometric * losses.PhotometricLoss()
                    + prior + config.w_lighting * losses.LightingPrior())
-    last = {}
-
-    def render_current():
-        vertices, albedo = model(variables.identity, variables.expression, variables.albedo)
-        out = renderer(vertices, albedo, variables.lighting, camera, variables.rotation_matrix(),
-                       variables.translation, variables.log_scale.exp(), attributes=skin)
-        pixels = camera.project(model.landmark_points(vertices), variables.rotation_matrix(), variables.translation,
-                                variables.log_scale.exp())
-        return out, pixels
+    target = {"landmarks": target_lm, "image": target_image}
 
     def stage2():
-        out, pixels = render_current()
-        mask = out.mask * (out.attributes > 0.5)
-        last["out"] = out
-        pred = {"landmarks": pixels, "image": out.image, "mask": mask, "identity": variables.identity,
-                "expression": variables.expression, "albedo": variables.albedo, "lighting": variables.lighting}
-        return stage2_loss(pred, {"landmarks": target_lm, "image": target_image})
+        return stage2_loss(scene(variables.current()), target)
 
     if config.photometric_steps > 0:
         stages.append(_run_stage("photometric", config.photometric_steps, variables,
                                  ["rotation", "translation", "log_scale", "identity", "expression", "albedo",
                                   "lighting"], stage2, config, progress))
     with torch.no_grad():
-        out, pixels = render_current()
-    result_backend = render.resolve_backend(backend, device)
+        final = scene(variables.current())
     return FitResult(
         params=variables.to_parameters().to("cpu"), crop=crop, target_landmarks=landmarks.cpu(),
-        fitted_landmarks=crop.to_original(pixels[0]).cpu(), stages=stages, seconds=time.perf_counter() - started,
-        backend=result_backend, device=str(device), crop_image=target_image[0].cpu(), crop_render=out.image[0].cpu(),
-        crop_mask=(out.mask * (out.attributes > 0.5))[0].cpu())
-
-
-def render_in_original(model: MorphableModel, result: FitResult, height: int, width: int,
-                       backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fitted face rendered at the original image's resolution: (image [3,H,W], coverage [1,H,W]).
-
-    Coverage is limited to the model's face region (its ``face_mask``) when it has one.
-    """
-    p, crop = result.params, result.crop
-    model = model.to("cpu")
-    rotation = kornia.geometry.conversions.axis_angle_to_rotation_matrix(p.rotation)
-    translation = p.translation[:, :2] / crop.scale + torch.tensor([[crop.origin_x, crop.origin_y]])
-    scale = p.scale / crop.scale
-    face = model.face_mask if model.face_mask is not None else torch.ones(model.num_vertices, dtype=torch.bool)
-    with torch.no_grad():
-        vertices, albedo = model(p.identity, p.expression, p.albedo)
-        out = render.Renderer(model.triangles, backend=backend)(
-            vertices, albedo, p.lighting, render.OrthographicCamera((height, width)), rotation, translation, scale,
-            attributes=face.float()[None, :, None])
-    return out.image[0].clamp(0, 1), out.mask[0] * out.attributes[0].clamp(0, 1)
-
-
+        fitted_landmarks=crop.to_original(final["landmarks"][0]).cpu(), stages=stages,
+        seconds=time.perf_counter() - started, backend=render.resolve_backend(backend, device), device=str(device),
+        crop_image=target_image[0].cpu(), crop_render=final["image"][0].cpu(), crop_mask=final["mask"][0].cpu())

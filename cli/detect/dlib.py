@@ -1,4 +1,7 @@
-"""68-point landmarks from dlib's HOG face detector and shape predictor (``face_recognition_models``)."""
+"""68-point landmarks from dlib's HOG face detector and shape predictor (``face_recognition_models``).
+
+The predictor's weights are trained on iBUG 300-W, whose terms exclude commercial use.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,11 @@ import os
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
+from .base import NoFaceFound
 
 DETECT_MIN_SIDE = 400  # smaller images are upsampled for the HOG detector
 DETECT_MAX_SIDE = 1600  # larger ones are downscaled for detection
-
-
-class NoFaceFound(InputError):
-    """The detector found no face."""
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from morphable import MorphableModel, save_mesh
 
-from .fitting import FitResult, render_in_original
-from .imageio_utils import to_uint8, write_png
+from ..files import atomic_directory, to_uint8, write_png
+from ..fitting.optimise import FitResult
+from .overlay import overlay, render_in_original
 from .plot import loss_curve
 
 OUTPUT_FILES = ("params.safetensors", "mesh.ply", "mesh.obj", "overlay.png", "landmarks.json", "report.json",
                 "loss_curve.png")
-
-
-@contextlib.contextmanager
-def atomic_directory(path: Path):
-    """Yield a temporary folder beside ``path``; on success it replaces ``path``, on error it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, image: torch.Tensor,
@@ -58,9 +34,8 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
         save_mesh(tmp / "mesh.ply", vertices[0], model.triangles, albedo[0])
         save_mesh(tmp / "mesh.obj", vertices[0], model.triangles, albedo[0])
         h, w = image.shape[1:]
-        rendered, coverage = render_in_original(model, result, h, w)
-        alpha = 0.8 * coverage
-        write_png(tmp / "overlay.png", to_uint8(image * (1 - alpha) + rendered * alpha))
+        rendered, coverage = render_in_original(model, p, result.crop, h, w)
+        write_png(tmp / "overlay.png", to_uint8(overlay(image, rendered[0], coverage[0])))
         (tmp / "landmarks.json").write_text(json.dumps({
             "convention": "pixels, x right, y down, origin at the top-left corner of the top-left pixel",
             "fitted": result.fitted_landmarks.tolist(), "target": result.target_landmarks.tolist()}, indent=1))

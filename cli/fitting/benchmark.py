@@ -1,4 +1,4 @@
-"""Fitting benchmark: ``python -m cli.benchmark [--runs 3] [--device cpu]``.
+"""Fitting benchmark: ``python -m cli.fitting.benchmark [--runs 3] [--device cpu]``.
 
 Prints, with the default settings and the default model:
 - end-to-end seconds per image for ``assets/astronaut.png`` (detection, crop, both stages,
@@ -23,10 +23,11 @@ import losses
 import render
 from morphable import Parameters
 
-from .fitting import FitConfig, fit
-from .pipeline import DEFAULT_MODEL, fit_and_write, load_default_model, prepare
+from ..defaults import ASSETS, load_model
+from .optimise import FitConfig, fit
+from .pipeline import fit_and_write, prepare
 
-ASTRONAUT = DEFAULT_MODEL.parent / "astronaut.png"
+ASTRONAUT = ASSETS / "astronaut.png"
 
 
 def synthetic_face(model, seed: int, size: int = 224):
@@ -49,12 +50,12 @@ def synthetic_face(model, seed: int, size: int = 224):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cli.benchmark", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cli.fitting.benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--synthetic", type=int, default=3, help="synthetic faces to fit")
     args = parser.parse_args(argv)
-    model = load_default_model()
+    model = load_model()
     config = FitConfig()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}, "
           f"model {model.num_vertices} vertices / {model.num_triangles} triangles, "

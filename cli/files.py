@@ -1,8 +1,15 @@
-"""Reading photos and landmark files, writing PNGs: every failure is an InputError naming the file."""
+"""Files in and out: photos, landmark files, folders of images; PNG/JSON and whole folders written atomically.
+
+Every read failure is an :class:`InputError` naming the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -106,3 +113,41 @@ def _read_pts(path: Path) -> np.ndarray:
     if "n_points" in header and int(header["n_points"]) != len(rows):
         raise InputError(f"{path}: n_points says {int(header['n_points'])} but the file has {len(rows)} points")
     return np.array([[float(v) for v in row[:2]] for row in rows])
+
+
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Expand folders into their image files (sorted); keep files as given."""
+    images = []
+    for path in paths:
+        if path.is_dir():
+            images += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            images.append(path)
+    return images
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path):
+    """Yield a temporary folder beside ``path``; on success it replaces ``path``, on error it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
