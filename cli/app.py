@@ -68,7 +68,10 @@ def info(model: Path = ModelArg) -> None:
         ("albedo components", m.n_albedo),
         ("landmarks", m.landmarks.numel()),
         ("masks", ", ".join(n for n in ("skin_mask", "face_mask") if getattr(m, n) is not None) or "none"),
-        ("uv", "yes" if m.uv is not None else "no"),
+        ("uv", "no" if m.uv is None else f"{m.uv.shape[0]} coordinates, "
+                + ("per triangle corner" if m.uv_triangles is not None else "per vertex")),
+        ("dense landmarks", f"{m.num_dense_landmarks} ({meta.get('dense_landmarks')})" if m.num_dense_landmarks
+         else "none"),
         ("units", meta.get("units")),
         ("albedo colour space", meta.get("albedo_colour_space")),
         ("licence", meta.get("licence")),

@@ -27,7 +27,8 @@ class MorphableModel(nn.Module):
     Buffers: ``shape_mean [N,3]``, ``identity_basis [N,3,K_id]``, ``expression_basis
     [N,3,K_exp]``, ``albedo_mean [N,3]``, ``albedo_basis [N,3,K_alb]``, ``triangles [F,3]``
     (int64), ``landmarks [68]`` (int64) and the optional ``skin_mask``, ``face_mask`` [N]
-    (bool) and ``uv [N,2]``.
+    (bool), ``uv [U,2]`` with ``uv_triangles [F,3]`` (per-corner texture coordinates) and
+    ``dense_triangles [P]`` with ``dense_barycentrics [P,3]`` (dense landmark embedding).
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
@@ -135,6 +136,17 @@ class MorphableModel(nn.Module):
     def landmark_points(self, vertices: torch.Tensor) -> torch.Tensor:
         """The 68 landmark vertices ``[B,68,3]`` of ``vertices [B,N,3]``."""
         return vertices[:, self.landmarks]
+
+    @property
+    def num_dense_landmarks(self) -> int:
+        return 0 if self.dense_triangles is None else self.dense_triangles.shape[0]
+
+    def dense_points(self, vertices: torch.Tensor) -> torch.Tensor:
+        """The dense landmarks ``[B,P,3]`` of ``vertices [B,N,3]`` (barycentric in their triangles)."""
+        if self.dense_triangles is None:
+            raise ValueError("this model has no dense landmark embedding")
+        corners = vertices[:, self.triangles[self.dense_triangles]]  # [B,P,3,3]
+        return (corners * self.dense_barycentrics[None, :, :, None]).sum(2)
 
     def extra_repr(self) -> str:
         return (f"name={self.metadata.get('name')!r}, vertices={self.num_vertices}, "

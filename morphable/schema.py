@@ -14,14 +14,23 @@ triangles           [F, 3]          int32/int64, counter-clockwise seen from out
 landmarks           [68]            int32/int64 vertex indices, iBUG 68-point order
 skin_mask           [N]             optional, bool/uint8: vertices used by the photometric loss
 face_mask           [N]             optional, bool/uint8: the face region
-uv                  [N, 2]          optional float texture coordinates
+uv                  [U, 2]          optional float texture coordinates (u right, v up, as OBJ/glTF
+                                    store them after its flip: (0, 0) is the texture's bottom-left)
+uv_triangles        [F, 3]          optional int: per triangle corner, the row of ``uv`` it uses
+                                    (seams need two UVs for one vertex); without it, U == N and
+                                    ``uv`` is per vertex
+dense_triangles     [P]             optional int: triangle of each dense landmark (P points of a
+                                    dense detector, metadata ``dense_landmarks`` names it)
+dense_barycentrics  [P, 3]          optional float: the point's barycentric coordinates in that
+                                    triangle (as FLAME's landmark embeddings); rows sum to 1
 ==================  ==============  ==========================================
 
 Floats may be stored as float16/float32/float64; loading always gives float32.
 Metadata (all strings): ``format`` (= ``morph-3dmm``), ``format_version``, ``name``,
 ``units``, ``licence``, ``source``, ``albedo_colour_space`` (``srgb`` or ``linear``);
 optional ``expression_names`` / ``identity_names`` / ``albedo_names`` (JSON lists of
-strings, one per component) and ``description``.
+strings, one per component), ``description`` and ``dense_landmarks`` (which detector's
+points the dense embedding holds, e.g. ``mediapipe-face-mesh-468``; required with it).
 
 Loading uses safetensors only, which never executes code from the file.
 """
@@ -51,9 +60,9 @@ REQUIRED_TENSORS = (
     "triangles",
     "landmarks",
 )
-OPTIONAL_TENSORS = ("skin_mask", "face_mask", "uv")
+OPTIONAL_TENSORS = ("skin_mask", "face_mask", "uv", "uv_triangles", "dense_triangles", "dense_barycentrics")
 REQUIRED_METADATA = ("name", "units", "licence", "source", "albedo_colour_space")
-OPTIONAL_METADATA = ("expression_names", "identity_names", "albedo_names", "description")
+OPTIONAL_METADATA = ("expression_names", "identity_names", "albedo_names", "description", "dense_landmarks")
 COLOUR_SPACES = ("srgb", "linear")
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -117,13 +126,35 @@ def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<
     for name in ("identity_basis", "expression_basis", "albedo_basis"):
         _check_dtype(path, name, tensors[name], _FLOAT_DTYPES, "floating point")
         _check_shape(path, name, tensors[name], (n, 3, None))
-    for name in ("triangles", "landmarks"):
-        _check_dtype(path, name, tensors[name], _INDEX_DTYPES, "int32 or int64")
+    for name in ("triangles", "landmarks", "uv_triangles", "dense_triangles"):
+        if name in tensors:
+            _check_dtype(path, name, tensors[name], _INDEX_DTYPES, "int32 or int64")
     _check_shape(path, "triangles", tensors["triangles"], (None, 3))
     _check_shape(path, "landmarks", tensors["landmarks"], (NUM_LANDMARKS,))
+    n_tri = tensors["triangles"].shape[0]
+    index_range = {"triangles": n, "landmarks": n}
+    if "uv_triangles" in tensors and "uv" not in tensors:
+        raise ModelFileError(path, "missing (uv_triangles index it)", "uv")
     if "uv" in tensors:
         _check_dtype(path, "uv", tensors["uv"], _FLOAT_DTYPES, "floating point")
-        _check_shape(path, "uv", tensors["uv"], (n, 2))
+        if "uv_triangles" in tensors:
+            _check_shape(path, "uv", tensors["uv"], (None, 2))
+            _check_shape(path, "uv_triangles", tensors["uv_triangles"], (n_tri, 3))
+            index_range["uv_triangles"] = tensors["uv"].shape[0]
+        else:
+            _check_shape(path, "uv", tensors["uv"], (n, 2))
+    dense = [name for name in ("dense_triangles", "dense_barycentrics") if name in tensors]
+    if dense:
+        for name in ("dense_triangles", "dense_barycentrics"):
+            if name not in tensors:
+                raise ModelFileError(path, f"missing ({dense[0]} needs it)", name)
+        if not metadata.get("dense_landmarks"):
+            raise ModelFileError(path, "missing metadata string (the dense embedding needs it)", "dense_landmarks")
+        _check_shape(path, "dense_triangles", tensors["dense_triangles"], (None,))
+        _check_dtype(path, "dense_barycentrics", tensors["dense_barycentrics"], _FLOAT_DTYPES, "floating point")
+        _check_shape(path, "dense_barycentrics", tensors["dense_barycentrics"],
+                     (tensors["dense_triangles"].shape[0], 3))
+        index_range["dense_triangles"] = n_tri
     for name in ("skin_mask", "face_mask"):
         if name in tensors:
             _check_dtype(path, name, tensors[name], _MASK_DTYPES, "bool or uint8")
@@ -136,8 +167,8 @@ def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<
                 raise ModelFileError(path, "contains NaN or infinite values", name)
         elif t.dtype in _INDEX_DTYPES:
             t = t.to(torch.int64)
-            if t.numel() and (t.min() < 0 or t.max() >= n):
-                raise ModelFileError(path, f"index out of range [0, {n})", name)
+            if t.numel() and (t.min() < 0 or t.max() >= index_range[name]):
+                raise ModelFileError(path, f"index out of range [0, {index_range[name]})", name)
         else:
             if t.dtype == torch.uint8 and t.numel() and t.max() > 1:
                 raise ModelFileError(path, "mask values must be 0 or 1", name)
@@ -149,6 +180,11 @@ def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<
         raise ModelFileError(path, "no triangles", "triangles")
     if ((tri[:, 0] == tri[:, 1]) | (tri[:, 1] == tri[:, 2]) | (tri[:, 0] == tri[:, 2])).any():
         raise ModelFileError(path, "a triangle repeats a vertex index", "triangles")
+    if "dense_barycentrics" in out:
+        bary = out["dense_barycentrics"]
+        if (bary < -1e-3).any() or ((bary.sum(1) - 1).abs() > 1e-3).any():
+            raise ModelFileError(path, "rows must be barycentric coordinates (>= 0, summing to 1)",
+                                 "dense_barycentrics")
     for key, basis in (("identity_names", "identity_basis"), ("expression_names", "expression_basis"),
                        ("albedo_names", "albedo_basis")):
         if key in metadata:
@@ -217,7 +253,7 @@ def write_model_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
     for name, t in tensors.items():
         if t.is_floating_point():
             t = t.to(float_dtype)
-        elif name in ("triangles", "landmarks"):
+        elif name in ("triangles", "landmarks", "uv_triangles", "dense_triangles"):
             t = t.to(torch.int32 if t.numel() == 0 or int(t.max()) < 2**31 else torch.int64)
         else:
             t = t.to(torch.bool)

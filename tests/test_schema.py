@@ -91,3 +91,87 @@ def test_truncated_file(tmp_path, model_file):
 def test_missing_file(tmp_path):
     with pytest.raises(ModelFileError, match="no such file"):
         MorphableModel.from_file(tmp_path / "nope.safetensors")
+
+
+def _with_uv(tensors, per_corner: bool):
+    tensors = dict(tensors)
+    n, f = tensors["shape_mean"].shape[0], tensors["triangles"].shape[0]
+    if per_corner:
+        tensors["uv"] = torch.rand(3 * f, 2)
+        tensors["uv_triangles"] = torch.arange(3 * f).reshape(f, 3)
+    else:
+        tensors["uv"] = torch.rand(n, 2)
+    return tensors
+
+
+def _with_dense(tensors, points=5):
+    tensors = dict(tensors)
+    tensors["dense_triangles"] = torch.arange(points) * 7
+    bary = torch.rand(points, 3)
+    tensors["dense_barycentrics"] = bary / bary.sum(1, keepdim=True)
+    return tensors
+
+
+@pytest.mark.parametrize("per_corner", [False, True])
+def test_uv_per_vertex_and_per_corner_round_trip(tmp_path, model_tensors, per_corner):
+    tensors, metadata = model_tensors
+    tensors = _with_uv(tensors, per_corner)
+    model = MorphableModel(tensors, metadata)
+    model.save(tmp_path / "uv.safetensors")
+    again = MorphableModel.from_file(tmp_path / "uv.safetensors")
+    torch.testing.assert_close(again.uv, tensors["uv"])
+    if per_corner:
+        assert torch.equal(again.uv_triangles, tensors["uv_triangles"])
+    else:
+        assert again.uv_triangles is None
+
+
+UV_BREAKAGES = {
+    "uv_triangles without uv": (lambda t: {k: v for k, v in t.items() if k != "uv"}, "uv", "missing"),
+    "per-vertex uv of the wrong count": (lambda t: {**{k: v for k, v in t.items() if k != "uv_triangles"},
+                                                   "uv": t["uv"][:10]}, "uv", "shape"),
+    "uv_triangles out of range": (lambda t: {**t, "uv_triangles": t["uv_triangles"] + 1}, "uv_triangles", "range"),
+    "uv_triangles of the wrong count": (lambda t: {**t, "uv_triangles": t["uv_triangles"][:-1]}, "uv_triangles",
+                                        "shape"),
+}
+
+
+@pytest.mark.parametrize("case", UV_BREAKAGES, ids=list(UV_BREAKAGES))
+def test_uv_validation_names_the_tensor(model_tensors, case):
+    tensors, metadata = model_tensors
+    make, name, words = UV_BREAKAGES[case]
+    with pytest.raises(ModelFileError) as info:
+        validate(make(_with_uv(tensors, per_corner=True)), metadata)
+    assert info.value.tensor == name and words in str(info.value)
+
+
+def test_dense_embedding_gives_points_inside_their_triangles(model_tensors):
+    tensors, metadata = model_tensors
+    tensors = _with_dense(tensors)
+    model = MorphableModel(tensors, {**metadata, "dense_landmarks": "test-5"})
+    vertices = model.shape()
+    points = model.dense_points(vertices)
+    corners = vertices[0, model.triangles[tensors["dense_triangles"]]]
+    expected = (corners * tensors["dense_barycentrics"][:, :, None]).sum(1)
+    torch.testing.assert_close(points[0], expected)
+    assert model.num_dense_landmarks == 5
+
+
+DENSE_BREAKAGES = {
+    "no metadata": (lambda t, m: (t, m), "dense_landmarks", "metadata"),
+    "barycentrics missing": (lambda t, m: ({k: v for k, v in t.items() if k != "dense_barycentrics"},
+                                           {**m, "dense_landmarks": "x"}), "dense_barycentrics", "missing"),
+    "triangle out of range": (lambda t, m: ({**t, "dense_triangles": t["dense_triangles"] + 10**6},
+                                            {**m, "dense_landmarks": "x"}), "dense_triangles", "range"),
+    "not barycentric": (lambda t, m: ({**t, "dense_barycentrics": t["dense_barycentrics"] * 2},
+                                      {**m, "dense_landmarks": "x"}), "dense_barycentrics", "barycentric"),
+}
+
+
+@pytest.mark.parametrize("case", DENSE_BREAKAGES, ids=list(DENSE_BREAKAGES))
+def test_dense_validation_names_the_tensor(model_tensors, case):
+    tensors, metadata = model_tensors
+    make, name, words = DENSE_BREAKAGES[case]
+    with pytest.raises(ModelFileError) as info:
+        validate(*make(_with_dense(tensors), metadata))
+    assert info.value.tensor == name and words in str(info.value)
