@@ -49,6 +49,13 @@ class Crop:
         pose[:, 6] = pose[:, 6] / self.scale
         return Parameters(params.identity, params.expression, params.albedo, params.lighting, pose)
 
+    def pose_from_original(self, params: Parameters) -> Parameters:
+        """The inverse of :meth:`pose_to_original`: a pose in original pixels moved into this crop."""
+        pose = params.pose.clone()
+        pose[:, 3:5] = (pose[:, 3:5] - pose.new_tensor([self.origin_x, self.origin_y])) * self.scale
+        pose[:, 6] = pose[:, 6] * self.scale
+        return Parameters(params.identity, params.expression, params.albedo, params.lighting, pose)
+
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> "Crop":
         x, y, s, n = (float(v) for v in t)

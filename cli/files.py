@@ -126,6 +126,12 @@ def collect_images(paths: list[Path]) -> list[Path]:
     return images
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write ``text``, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json(path: Path, data) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

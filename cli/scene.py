@@ -16,10 +16,38 @@ from torch import nn
 import render
 from morphable import MorphableModel, Parameters
 
+DETAILS = ("full", "coarse")
+
 
 def rotation_matrix(params: Parameters) -> torch.Tensor:
     """``[B,3,3]`` from the axis-angle rotation of ``params``."""
     return kornia.geometry.conversions.axis_angle_to_rotation_matrix(params.rotation)
+
+
+class VertexRows(nn.Module):
+    """The model evaluated at some of its vertices only (``rows [R]``): cheaper than all N.
+
+    ``shape(identity, expression) -> [B,R,3]``, ``albedo(albedo) -> [B,R,3]``.
+    """
+
+    def __init__(self, model: MorphableModel, rows: torch.Tensor, with_albedo: bool = False):
+        super().__init__()
+        rows = rows.long()
+        self.register_buffer("mean", model.shape_mean[rows].clone(), persistent=False)
+        basis = torch.cat([model.identity_basis[rows], model.expression_basis[rows]], -1)
+        self.register_buffer("basis", basis.reshape(len(rows) * 3, -1).T.contiguous(), persistent=False)  # [K,R*3]
+        self.n_identity = model.n_identity
+        if with_albedo:
+            self.register_buffer("albedo_mean", model.albedo_mean[rows].clone(), persistent=False)
+            self.register_buffer("albedo_basis", model.albedo_basis[rows].reshape(len(rows) * 3, -1).T.contiguous(),
+                                 persistent=False)
+
+    def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        coeffs = torch.cat([identity, expression], 1)
+        return self.mean + (coeffs @ self.basis).reshape(coeffs.shape[0], -1, 3)
+
+    def albedo(self, albedo: torch.Tensor) -> torch.Tensor:
+        return self.albedo_mean + (albedo @ self.albedo_basis).reshape(albedo.shape[0], -1, 3)
 
 
 class FaceScene(nn.Module):
@@ -29,37 +57,54 @@ class FaceScene(nn.Module):
         model: the morphable model.
         resolution: side of the (square) crop in pixels.
         backend: the rasteriser backend (None: by device, see ``render.ops``).
+        detail: ``"full"`` renders the model's triangles; ``"coarse"`` its optional
+            ``coarse_triangles`` (fewer, over a subset of the vertices: several times faster,
+            for small images such as training crops).
 
     ``forward(params)`` returns the prediction dict of :mod:`losses.terms`: ``landmarks
     [B,68,2]`` (crop pixels), ``image [B,3,H,W]``, ``mask [B,1,H,W]`` (coverage x the model's
-    skin mask), the coefficient groups, and ``vertices [B,N,3]`` (model space).
+    skin mask), ``coverage [B,1,H,W]`` and the parameter groups. :meth:`landmarks` alone
+    evaluates only the 68 landmark vertices.
     """
 
-    def __init__(self, model: MorphableModel, resolution: int, backend: str | None = None):
+    def __init__(self, model: MorphableModel, resolution: int, backend: str | None = None, detail: str = "full"):
         super().__init__()
+        if detail not in DETAILS:
+            raise ValueError(f"detail must be one of {DETAILS}, got {detail!r}")
+        if detail == "coarse" and model.coarse_triangles is None:
+            raise ValueError(f"model '{model.metadata.get('name')}' has no coarse_triangles; use detail='full'")
         self.model = model
+        self.detail = detail
         self.resolution = int(resolution)
         self.camera = render.OrthographicCamera((self.resolution, self.resolution))
-        self.renderer = render.Renderer(model.triangles, backend=backend)
         skin = model.skin_mask if model.skin_mask is not None else torch.ones(model.num_vertices, dtype=torch.bool)
+        if detail == "coarse":
+            rows, triangles = torch.unique(model.coarse_triangles, return_inverse=True)
+            self.rows = VertexRows(model, rows, with_albedo=True)
+            skin = skin[rows]
+        else:
+            self.rows, triangles = None, model.triangles
+        self.renderer = render.Renderer(triangles, backend=backend)
         self.register_buffer("skin", skin.to(torch.float32)[None, :, None], persistent=False)
+        self.landmark_rows = VertexRows(model, model.landmarks)
 
     def project(self, points: torch.Tensor, params: Parameters) -> torch.Tensor:
         """Model-space points ``[B,P,3]`` -> crop pixels ``[B,P,2]``."""
         return self.camera.project(points, rotation_matrix(params), params.translation, params.scale)
 
-    def landmarks(self, params: Parameters, vertices: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's 68 landmarks in crop pixels ``[B,68,2]`` (all vertices computed if not given)."""
-        if vertices is None:
-            vertices = self.model.shape(params.identity, params.expression)
-        return self.project(self.model.landmark_points(vertices), params)
+    def landmarks(self, params: Parameters) -> torch.Tensor:
+        """The model's 68 landmarks in crop pixels ``[B,68,2]`` (only their vertices are evaluated)."""
+        return self.project(self.landmark_rows.shape(params.identity, params.expression), params)
 
     def forward(self, params: Parameters) -> dict[str, torch.Tensor]:
-        vertices, albedo = self.model(params.identity, params.expression, params.albedo)
+        if self.rows is None:
+            vertices, albedo = self.model(params.identity, params.expression, params.albedo)
+        else:
+            vertices, albedo = self.rows.shape(params.identity, params.expression), self.rows.albedo(params.albedo)
         rotation = rotation_matrix(params)
         out = self.renderer(vertices, albedo, params.lighting, self.camera, rotation, params.translation,
                             params.scale, attributes=self.skin)
-        landmarks = self.camera.project(self.model.landmark_points(vertices), rotation, params.translation,
-                                        params.scale)
+        landmarks = self.camera.project(self.landmark_rows.shape(params.identity, params.expression), rotation,
+                                        params.translation, params.scale)
         return {"landmarks": landmarks, "image": out.image, "mask": out.mask * (out.attributes > 0.5),
-                "coverage": out.mask, "vertices": vertices, **params.groups()}
+                "coverage": out.mask, **params.groups()}

@@ -12,12 +12,13 @@ from .terms import (
     LandmarkLoss,
     LightingPrior,
     Loss,
+    ParameterLoss,
     PhotometricLoss,
     WeightedSum,
     deep3d_landmark_weights,
 )
 
 __all__ = [
-    "CoefficientPrior", "LandmarkLoss", "LightingPrior", "Loss", "PhotometricLoss", "WeightedSum",
+    "CoefficientPrior", "LandmarkLoss", "LightingPrior", "Loss", "ParameterLoss", "PhotometricLoss", "WeightedSum",
     "deep3d_landmark_weights", "landmark_nme", "masked_psnr", "psnr", "ssim",
 ]

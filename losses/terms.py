@@ -7,7 +7,9 @@ prediction: ``landmarks [B,68,2]`` pixels; ``image [B,3,H,W]`` in [0,1]; ``mask 
     (where the photometric loss counts: rendered coverage x the model's skin mask);
     coefficient groups ``identity``, ``expression``, ``albedo`` ``[B,K]``, ``lighting [B,27]``.
 target: ``landmarks [B,68,2]`` pixels; ``image [B,3,H,W]``; optional ``landmark_weights
-    [B,68]`` (e.g. zero for points a detector could not see).
+    [B,68]`` (e.g. zero for points a detector could not see); for :class:`ParameterLoss`,
+    ground-truth groups ``identity``, ``expression``, ``albedo`` ``[B,K]`` with
+    ``parameter_weights [B]`` (1 where a sample has ground truth, 0 where not).
 
 A single loss returns a scalar tensor; a sum (or a weighted loss) returns
 ``(total, {name: weighted value})`` so the terms can be logged.
@@ -148,3 +150,26 @@ class LightingPrior(Loss):
     def forward(self, prediction: dict, target: dict) -> torch.Tensor:
         light = prediction["lighting"].reshape(-1, 3, 9)
         return ((light - light.mean(1, keepdim=True)) ** 2).sum((1, 2)).mean()
+
+
+class ParameterLoss(Loss):
+    """Squared error of coefficient groups against ground truth (synthetic data), summed over
+    the coefficients and averaged over the samples that have ground truth.
+
+    Args:
+        groups: the groups compared (coefficients ~N(0, 1), so they are comparable).
+    """
+
+    name = "parameters"
+
+    def __init__(self, groups: tuple[str, ...] = ("identity", "expression", "albedo")):
+        super().__init__()
+        self.groups = tuple(groups)
+
+    def forward(self, prediction: dict, target: dict) -> torch.Tensor:
+        w = target["parameter_weights"].to(prediction[self.groups[0]].dtype)
+        total = 0.0
+        for group in self.groups:
+            if group in target:
+                total = total + (w * ((prediction[group] - target[group]) ** 2).sum(-1)).sum()
+        return torch.as_tensor(total) / w.sum().clamp_min(1.0)

@@ -19,6 +19,9 @@ uv                  [U, 2]          optional float texture coordinates (u right,
 uv_triangles        [F, 3]          optional int: per triangle corner, the row of ``uv`` it uses
                                     (seams need two UVs for one vertex); without it, U == N and
                                     ``uv`` is per vertex
+coarse_triangles    [F_c, 3]        optional int: a coarser triangulation of the same surface over a
+                                    subset of the vertices (e.g. the mesh before subdivision), for
+                                    rendering small images faster; counter-clockwise from outside
 dense_triangles     [P]             optional int: triangle of each dense landmark (P points of a
                                     dense detector, metadata ``dense_landmarks`` names it)
 dense_barycentrics  [P, 3]          optional float: the point's barycentric coordinates in that
@@ -60,7 +63,8 @@ REQUIRED_TENSORS = (
     "triangles",
     "landmarks",
 )
-OPTIONAL_TENSORS = ("skin_mask", "face_mask", "uv", "uv_triangles", "dense_triangles", "dense_barycentrics")
+OPTIONAL_TENSORS = ("skin_mask", "face_mask", "uv", "uv_triangles", "coarse_triangles", "dense_triangles",
+                    "dense_barycentrics")
 REQUIRED_METADATA = ("name", "units", "licence", "source", "albedo_colour_space")
 OPTIONAL_METADATA = ("expression_names", "identity_names", "albedo_names", "description", "dense_landmarks")
 COLOUR_SPACES = ("srgb", "linear")
@@ -126,13 +130,15 @@ def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<
     for name in ("identity_basis", "expression_basis", "albedo_basis"):
         _check_dtype(path, name, tensors[name], _FLOAT_DTYPES, "floating point")
         _check_shape(path, name, tensors[name], (n, 3, None))
-    for name in ("triangles", "landmarks", "uv_triangles", "dense_triangles"):
+    for name in ("triangles", "landmarks", "uv_triangles", "coarse_triangles", "dense_triangles"):
         if name in tensors:
             _check_dtype(path, name, tensors[name], _INDEX_DTYPES, "int32 or int64")
     _check_shape(path, "triangles", tensors["triangles"], (None, 3))
     _check_shape(path, "landmarks", tensors["landmarks"], (NUM_LANDMARKS,))
     n_tri = tensors["triangles"].shape[0]
-    index_range = {"triangles": n, "landmarks": n}
+    index_range = {"triangles": n, "landmarks": n, "coarse_triangles": n}
+    if "coarse_triangles" in tensors:
+        _check_shape(path, "coarse_triangles", tensors["coarse_triangles"], (None, 3))
     if "uv_triangles" in tensors and "uv" not in tensors:
         raise ModelFileError(path, "missing (uv_triangles index it)", "uv")
     if "uv" in tensors:
@@ -175,11 +181,14 @@ def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<
             t = t.to(torch.bool)
         out[name] = t.contiguous()
 
-    tri = out["triangles"]
-    if tri.shape[0] == 0:
-        raise ModelFileError(path, "no triangles", "triangles")
-    if ((tri[:, 0] == tri[:, 1]) | (tri[:, 1] == tri[:, 2]) | (tri[:, 0] == tri[:, 2])).any():
-        raise ModelFileError(path, "a triangle repeats a vertex index", "triangles")
+    for name in ("triangles", "coarse_triangles"):
+        tri = out.get(name)
+        if tri is None:
+            continue
+        if tri.shape[0] == 0:
+            raise ModelFileError(path, "no triangles", name)
+        if ((tri[:, 0] == tri[:, 1]) | (tri[:, 1] == tri[:, 2]) | (tri[:, 0] == tri[:, 2])).any():
+            raise ModelFileError(path, "a triangle repeats a vertex index", name)
     if "dense_barycentrics" in out:
         bary = out["dense_barycentrics"]
         if (bary < -1e-3).any() or ((bary.sum(1) - 1).abs() > 1e-3).any():
@@ -253,7 +262,7 @@ def write_model_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
     for name, t in tensors.items():
         if t.is_floating_point():
             t = t.to(float_dtype)
-        elif name in ("triangles", "landmarks", "uv_triangles", "dense_triangles"):
+        elif name in ("triangles", "landmarks", "uv_triangles", "coarse_triangles", "dense_triangles"):
             t = t.to(torch.int32 if t.numel() == 0 or int(t.max()) < 2**31 else torch.int64)
         else:
             t = t.to(torch.bool)

@@ -87,6 +87,18 @@ class FitResult:
     crop_mask: torch.Tensor | None = None
 
 
+def _closed_form_start(model, landmarks, weights, sigma, config, device) -> Parameters:
+    rotation, translation, scale, identity, expression = closed_form_init(
+        model, landmarks, weights, sigma, config.closed_form_iterations)
+    params = Parameters.neutral(model.parameter_sizes, 1, device)
+    params.pose[:, :3] = kornia.geometry.conversions.rotation_matrix_to_axis_angle(rotation[None]).to(device)
+    params.pose[:, 3:5] = translation.to(device)
+    params.pose[:, 6] = scale
+    params.identity[:] = identity.to(device)
+    params.expression[:] = expression.to(device)
+    return params
+
+
 # -- the optimisation ----------------------------------------------------------------------
 class _Variables(torch.nn.Module):
     """The optimised quantities; scale is optimised in log space (it must stay positive)."""
@@ -112,20 +124,6 @@ class _Variables(torch.nn.Module):
 def _check_finite(loss: torch.Tensor, variables: _Variables, stage: str, step: int) -> None:
     if not torch.isfinite(loss) or not all(torch.isfinite(p).all() for p in variables.parameters()):
         raise FitDiverged(f"fitting diverged (NaN/inf) in the {stage} stage at step {step}")
-
-
-class _LandmarkModel:
-    """The model restricted to its 68 landmark vertices: the landmark stage's hot path."""
-
-    def __init__(self, model: MorphableModel):
-        lm = model.landmarks
-        self.mean = model.shape_mean[lm]  # [68,3]
-        self.basis = torch.cat([model.identity_basis[lm], model.expression_basis[lm]], -1).reshape(68 * 3, -1)
-
-    def project(self, v: _Variables, scene: FaceScene) -> torch.Tensor:
-        coeffs = torch.cat([v.identity, v.expression], 1)
-        points = self.mean + (coeffs @ self.basis.T).reshape(-1, 68, 3)
-        return scene.project(points, v.current())
 
 
 def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam"):
@@ -175,11 +173,14 @@ def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, m
 
 def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, config: FitConfig | None = None,
         device: str | torch.device = "cpu", backend: str | None = None, progress=None,
-        landmark_source: str = "annotation") -> FitResult:
+        landmark_source: str = "annotation", start: Parameters | None = None) -> FitResult:
     """Fit ``model`` to ``image [3,H,W]`` in [0,1] with ``landmarks [68,2]`` (original pixels).
 
     ``landmark_source``: ``"detector"`` or ``"annotation"`` (see ``LANDMARK_SOURCES``), used
     where the config leaves ``landmark_sigma_px`` / ``jaw_weight`` unset.
+    ``start``: initial parameters (batch 1) with the pose in original-image pixels (e.g. a
+    network's prediction, :func:`cli.training.predict.predict`); None starts from the
+    closed-form solution.
     ``progress``: optional callable, called once per optimisation step.
     """
     config = config or FitConfig()
@@ -198,24 +199,19 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
     lm_weights = torch.ones(68, device=device)
     lm_weights[:17] = jaw_weight
 
-    rotation, translation, scale, identity, expression = closed_form_init(
-        model, target_lm[0].cpu(), lm_weights.cpu(), sigma, config.closed_form_iterations)
-    params = Parameters.neutral(model.parameter_sizes, 1, device)
-    params.pose[:, :3] = kornia.geometry.conversions.rotation_matrix_to_axis_angle(rotation[None]).to(device)
-    params.pose[:, 3:5] = translation.to(device)
-    params.pose[:, 6] = scale
-    params.identity[:] = identity.to(device)
-    params.expression[:] = expression.to(device)
+    if start is None:
+        params = _closed_form_start(model, target_lm[0].cpu(), lm_weights.cpu(), sigma, config, device)
+    else:
+        params = crop.pose_from_original(start.to(device))
     variables = _Variables(params).to(device)
 
     landmark_loss = losses.LandmarkLoss(lm_weights, scale=res).to(device)
     prior = losses.CoefficientPrior(config.w_prior_identity * sigma**2, config.w_prior_expression * sigma**2,
                                     config.w_prior_albedo)
     stage1_loss = config.w_landmark * landmark_loss + prior
-    landmark_model = _LandmarkModel(model)
 
     def stage1():
-        pred = {"landmarks": landmark_model.project(variables, scene),
+        pred = {"landmarks": scene.landmarks(variables.current()),
                 "identity": variables.identity, "expression": variables.expression}
         return stage1_loss(pred, {"landmarks": target_lm})
 

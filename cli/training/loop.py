@@ -1,0 +1,368 @@
+"""``morph train``: the training loop.
+
+A step is the fitter's photometric step with the optimised variables replaced by the
+network's output: crops -> :class:`ParameterRegressor` -> :class:`cli.scene.FaceScene`
+(the same renderer call the fitter makes) -> the same ``losses`` objects:
+
+    loss = w_lm * LandmarkLoss(Deep3DFaceRecon point weights, in 224-px units)
+         + w_photo * PhotometricLoss (L2,1 inside the rendered skin)
+         + CoefficientPrior(w_id, w_exp, w_alb) + w_light * LightingPrior
+         + w_param * ParameterLoss (where the data have ground truth)
+
+AdamW (no decay on biases and norms), linear warm-up then cosine decay, gradient clipping,
+optional EMA of the weights (used for validation and the saved network). Outputs in RUN/:
+``config.toml`` (resolved settings), ``log.csv`` (one row per logging step), ``val.csv``,
+``val/step_NNNNNN.png`` (input | render | landmarks), ``last.ckpt`` (resumable state,
+:mod:`cli.training.checkpoint`), ``network.safetensors`` (weights for inference) and
+TensorBoard events when ``tensorboard`` is installed. Ctrl-C finishes the current step,
+saves and stops; SIGKILL loses at most one checkpoint interval; a non-finite loss stops
+with the step and the term, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+import losses
+from morphable import MorphableModel
+
+from ..defaults import load_model
+from ..errors import InputError
+from ..files import to_uint8, write_png
+from ..scene import FaceScene
+from . import distributed
+from .augment import augment
+from .checkpoint import NAME as CHECKPOINT, load_checkpoint, save_checkpoint
+from .config import TrainConfig, from_dict, save_config, to_dict
+from .loader import Batch, BatchStream, split
+from .network import ParameterRegressor
+from .shards import Dataset, DatasetError, read_index
+from .validate import validate
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the state was saved at ``step``."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"interrupted after step {step}; saved {path}; continue with morph train --resume "
+                         f"{path.parent}")
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    images_per_second: float
+    last_losses: dict
+    last_validation: dict
+
+
+def training_loss(config: TrainConfig, resolution: int) -> losses.WeightedSum:
+    w = config.loss
+    return (w.landmark * losses.LandmarkLoss(losses.deep3d_landmark_weights(), scale=resolution / 224)
+            + w.photometric * losses.PhotometricLoss()
+            + losses.CoefficientPrior(w.prior_identity, w.prior_expression, w.prior_albedo)
+            + w.lighting * losses.LightingPrior()
+            + w.parameters * losses.ParameterLoss())
+
+
+def _check_datasets(config: TrainConfig, model: MorphableModel) -> Dataset:
+    if not config.datasets:
+        raise InputError("no datasets given")
+    dataset = Dataset([Path(d) for d in config.datasets])
+    if dataset.resolution != config.resolution:
+        raise DatasetError(f"{config.datasets[0]}: holds {dataset.resolution} px crops but --resolution is "
+                           f"{config.resolution} (make the data at the training resolution)")
+    for folder in dataset.folders:
+        index = read_index(folder)
+        if index.get("has_params"):
+            made_for = index.get("model") or {}
+            mine = {"name": model.metadata.get("name", ""), "sizes": list(model.parameter_sizes)}
+            if made_for != mine:
+                raise DatasetError(f"{folder}: its ground-truth parameters are for model {made_for}, not {mine}")
+    return dataset
+
+
+def _schedule(config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return factor
+
+
+def _optimiser(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+class _StopRequest:
+    """The first Ctrl-C asks to stop after the current step; a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: no handler
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def train(config: TrainConfig | None, run: Path, resume: bool = False, steps: int | None = None,
+          device: str | None = None, progress: bool = True) -> TrainResult:
+    """Train a network as ``config`` says, writing RUN/ (see the module docstring).
+
+    With ``resume``, ``config`` is ignored: the settings and state saved in
+    ``RUN/last.ckpt`` are loaded and training continues from its step, up to ``steps``
+    (default: the saved number), on ``device`` (default: the saved one).
+    """
+    run = Path(run)
+    state = None
+    if resume:
+        if not run.is_dir():
+            raise InputError(f"{run}: no such run folder to resume")
+        state = load_checkpoint(run / CHECKPOINT)
+        config = from_dict(state["config"])
+    if steps is not None:
+        config.steps = steps
+    if device is not None:
+        config.device = device
+    config.check()
+    d = distributed.setup(config.device)
+    try:
+        return _train(config, run, state, d, progress)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Dist, progress: bool) -> TrainResult:
+    model = load_model(Path(config.model) if config.model else None)
+    dataset = _check_datasets(config, model)
+    train_ids, val_ids = split(dataset, config.val_fraction, config.val_max)
+    stream = BatchStream(dataset, train_ids, config.batch_size, config.seed, d.rank, d.world, config.window)
+    detail = config.render_detail
+    if detail == "auto":
+        detail = "coarse" if model.coarse_triangles is not None else "full"
+    if detail == "coarse" and model.coarse_triangles is None:
+        raise InputError(f"render_detail = coarse, but model '{model.metadata.get('name')}' has no coarse_triangles")
+
+    torch.manual_seed(config.seed)
+    net = ParameterRegressor.for_model(model, config.backbone, config.resolution).to(d.device)
+    optimiser = _optimiser(net, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(config))
+    ema = None
+    if config.ema > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    step = 0
+    if state is not None:
+        net.load_state_dict(state["network"])
+        optimiser.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        step = int(state["step"])
+    wrapped = DistributedDataParallel(net) if d.active else net
+    scene = FaceScene(model, config.resolution, detail=detail).to(d.device)
+    loss_fn = training_loss(config, config.resolution).to(d.device)
+    use_bf16 = config.precision == "bf16"
+
+    def autocast():
+        return torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    log = _Log(run, d.main, resume=state is not None)
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(config, run / "config.toml")
+        log.note(f"{len(train_ids)} training / {len(val_ids)} validation samples from {len(config.datasets)} "
+                 f"dataset(s); {config.backbone} at {config.resolution} px, batch {config.batch_size} over "
+                 f"{d.world} process(es) on {d.device}, precision {config.precision}, render detail {detail}")
+
+    def checkpoint(at: int) -> Path:
+        epoch, batch_index = stream.position(at)
+        save_checkpoint(run / CHECKPOINT, {
+            "step": at, "epoch": epoch, "batch": batch_index, "network": net.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "optimizer": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "config": to_dict(config),
+            "model": model.metadata.get("name", "")})
+        (ema.module if ema is not None else net).save(run / "network.safetensors", {"trained_steps": str(at)})
+        return run / CHECKPOINT
+
+    local = config.batch_size // d.world
+    rows = slice(d.rank * local, (d.rank + 1) * local)
+    started, images_done, window_start, window_images = time.perf_counter(), 0, time.perf_counter(), 0
+    last_terms, last_val = {}, {}
+    first_step = step
+    with _StopRequest() as stop, log.progress(config.steps, step, enabled=progress and d.main) as bar:
+        while step < config.steps:
+            batch = augment(stream.batch(step).to(d.device), config.augment, config.seed, step, rows,
+                            config.batch_size)
+            net.train()
+            with autocast():
+                params = wrapped(batch.images)
+            prediction = scene(params)
+            total, terms = loss_fn(prediction, _target(batch))
+            bad = [name for name, t in terms.items() if not torch.isfinite(t)]
+            stop_now, diverged = distributed.all_flags(d, stop.requested, bool(bad))
+            if diverged:
+                saved = f"; the last good checkpoint is {run / CHECKPOINT}" if (run / CHECKPOINT).is_file() else ""
+                raise TrainingDiverged(f"training diverged at step {step + 1}: loss term "
+                                       f"'{bad[0] if bad else 'on another process'}' is not finite{saved}")
+            optimiser.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            optimiser.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(net)
+            step += 1
+            images_done += config.batch_size
+            window_images += config.batch_size
+            if d.main:
+                bar.advance(step, float(total), window_images / max(time.perf_counter() - window_start, 1e-9))
+            if step % config.log_every == 0 or step == config.steps:
+                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                last_terms = {k: float(v) for k, v in terms.items()} | {"total": float(total)}
+                log.row(step, last_terms, scheduler.get_last_lr()[0], rate)
+                window_start, window_images = time.perf_counter(), 0
+            if step % config.val_every == 0 or step == config.steps:
+                if d.main:
+                    evaluated = ema.module if ema is not None else net
+                    evaluated.eval()
+                    last_val, grid = validate(evaluated, scene, stream, val_ids, d.device, autocast)
+                    log.validation(step, last_val, grid)
+                distributed.barrier(d)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                if d.main:
+                    checkpoint(step)
+                distributed.barrier(d)
+            if stop_now and step < config.steps:
+                if d.main:
+                    checkpoint(step)
+                distributed.barrier(d)
+                raise TrainingInterrupted(step, run / CHECKPOINT)
+    seconds = time.perf_counter() - started
+    log.close()
+    return TrainResult(step - first_step, seconds, images_done / max(seconds, 1e-9), last_terms, last_val)
+
+
+def _target(batch: Batch) -> dict:
+    target = {"landmarks": batch.landmarks, "image": batch.images, "landmark_weights": batch.landmark_weights,
+              "parameter_weights": batch.has_params.float()}
+    if batch.params is not None:
+        target.update({g: batch.params[g] for g in ("identity", "expression", "albedo")})
+    return target
+
+
+class _Log:
+    """log.csv, val.csv, validation pictures, TensorBoard events (rank 0 only) and the progress bar."""
+
+    def __init__(self, run: Path, main: bool, resume: bool):
+        self.run, self.main, self.resume = run, main, resume
+        self.writer = None
+        self.tensorboard = None
+        self.lines: list[str] = []
+        if main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tensorboard = SummaryWriter(str(run / "tensorboard"))
+            except ImportError:
+                self.lines.append("TensorBoard events off (pip install tensorboard to write them)")
+
+    def note(self, text: str) -> None:
+        if self.main:
+            print(text, flush=True)
+            for line in self.lines:
+                print(line, flush=True)
+            self.lines = []
+
+    def row(self, step: int, terms: dict, lr: float, rate: float) -> None:
+        if not self.main:
+            return
+        self._csv("log.csv", ["step", *terms, "lr", "images_per_second"], [step, *terms.values(), lr, rate])
+        if self.tensorboard:
+            for name, value in terms.items():
+                self.tensorboard.add_scalar(f"loss/{name}", value, step)
+            self.tensorboard.add_scalar("lr", lr, step)
+            self.tensorboard.add_scalar("images_per_second", rate, step)
+
+    def validation(self, step: int, metrics: dict, grid: torch.Tensor) -> None:
+        self._csv("val.csv", ["step", *metrics], [step, *metrics.values()])
+        write_png(self.run / "val" / f"step_{step:06d}.png", to_uint8(grid))
+        if self.tensorboard:
+            for name, value in metrics.items():
+                self.tensorboard.add_scalar(f"val/{name}", value, step)
+
+    def _csv(self, name: str, header: list, values: list) -> None:
+        path = self.run / name
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(header)
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in values])
+
+    @contextlib.contextmanager
+    def progress(self, total: int, start: int, enabled: bool):
+        bar = _Bar(total, start, enabled)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    def close(self) -> None:
+        if self.tensorboard:
+            self.tensorboard.close()
+
+
+class _Bar:
+    """A rich progress bar with the loss, images/s and the time left."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                     TextColumn("loss {task.fields[loss]:.4g}"),
+                                     TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn(),
+                                     transient=True, disable=None)
+            self.progress.start()
+            self.task = self.progress.add_task("training", total=total, completed=start, loss=float("nan"), rate=0.0)
+
+    def advance(self, step: int, loss: float, rate: float) -> None:
+        if self.progress:
+            self.progress.update(self.task, completed=step, loss=loss, rate=rate)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
