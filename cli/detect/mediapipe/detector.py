@@ -19,7 +19,7 @@ from ..base import Face
 from . import blazeface, facemesh
 from .ibug68 import mesh_to_ibug68
 
-MIN_TILE = 256  # smallest pyramid tile (pixels): a 128-px detector input finds faces down to ~25 px in it
+MIN_TILE = 384  # smallest pyramid tile (pixels): a 128-px detector input finds faces down to ~40 px in it
 MAX_LEVELS = 3  # tiles of L/2, L/4, L/8 at most
 TILE_EDGE = 0.02  # a tile detection touching the tile's inner edge (within this fraction) is cut: dropped
 TILE_MAX_FACE = 0.6  # faces larger than this fraction of a tile are left to the coarser levels
