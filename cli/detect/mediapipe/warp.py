@@ -34,7 +34,13 @@ def crop(images: torch.Tensor, index: torch.Tensor, center: torch.Tensor, side: 
     # grid_sample (align_corners=False) puts pixel centres at (i + 0.5) / n * 2 - 1.
     grid = torch.stack([(x + 0.5) / w * 2 - 1, (y + 0.5) / h * 2 - 1], dim=-1)
     padding = "zeros" if border == "zero" else "border"
-    out = F.grid_sample(images[index], grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    out = grid.new_empty(len(index), images.shape[1], size, size)
+    # One grid_sample per source image, its crops stacked along the grid's rows: no copy of the image per crop.
+    for b in torch.unique(index).tolist():
+        rows = (index == b).nonzero()[:, 0].to(grid.device)
+        stacked = grid[rows].reshape(1, -1, size, 2)
+        sampled = F.grid_sample(images[b:b + 1], stacked, mode="bilinear", padding_mode=padding, align_corners=False)
+        out[rows] = sampled.reshape(images.shape[1], len(rows), size, size).transpose(0, 1)
     return torch.round(out.clamp(0, 1) * 255) / 255
 
 
