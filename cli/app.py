@@ -245,6 +245,103 @@ def eval_command(
             write_json(json_out, results)
 
 
+@app.command("convert")
+def convert_command(
+    source: Path = typer.Argument(..., help="The model as distributed: its main file or its folder.",
+                                  show_default=False),
+    fmt: str = typer.Option(..., "--from", "-f", help="Source format: bfm2009, bfm2017 (= bfm2019), flame, ict, sfm.",
+                            show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors).", show_default=False),
+    n_identity: Optional[int] = typer.Option(None, "--n-identity", min=0, help="Keep the first K identity components."),
+    n_expression: Optional[int] = typer.Option(None, "--n-expression", min=0,
+                                               help="Keep the first K expression components."),
+    n_albedo: Optional[int] = typer.Option(None, "--n-albedo", min=0, help="Keep the first K albedo components."),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="68-point mapping (eos ibug_to_*.txt, JSON, "
+                                             "text; the source's vertex numbers) or, for flame, a landmark embedding."),
+    expression: Optional[Path] = typer.Option(None, "--expression", help="bfm2009: Exp_Pca.bin (std_exp.txt "
+                                              "beside it); sfm: expression_blendshapes_<N>.bin."),
+    no_expression: bool = typer.Option(False, "--no-expression", help="bfm2009, bfm2017, sfm: leave expressions out."),
+    crop: Optional[str] = typer.Option(None, "--crop", help="bfm2009: 'front' = Deep3DFaceRecon's 35,709-vertex "
+                                       "face with its keypoints and masks."),
+    region: Optional[str] = typer.Option(None, "--region", help="ict: face, head (default) or full."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="flame: FLAME_masks.pkl."),
+    texture: Optional[Path] = typer.Option(None, "--texture", help="flame: FLAME_texture.npz or "
+                                           "FLAME_albedo_from_BFM.npz, sampled per vertex."),
+    uv: Optional[Path] = typer.Option(None, "--uv", help="flame: head_template.obj, if the texture has no UVs."),
+    expression_scale: Optional[float] = typer.Option(None, "--expression-scale", min=0.0,
+                                                     help="ict, sfm: blendshape scale (default 0.25: a "
+                                                     "coefficient of 4 is one full blendshape)."),
+    licence: Optional[str] = typer.Option(None, "--licence", help="Override the licence written in the metadata."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored floats: float16 (half the size) or float32."),
+) -> None:
+    """Convert a published morphable model into a morph model file.
+
+    Reads the files as distributed, never running code from them, and writes a model
+    every morph command uses: millimetres, bases scaled by their standard deviations,
+    68 iBUG landmarks (points a published mapping lacks are derived and listed in the
+    model's description), the source's licence and origin. The result keeps the
+    source's licence: do not redistribute it. BFM files need the convert extra:
+    pip install 'morph\\[convert]'.
+
+    Files per --from format (found beside SOURCE under these names unless given):
+
+    bfm2009: 01_MorphableModel.mat; optional Exp_Pca.bin + std_exp.txt +
+    BFM_exp_idx.mat (expressions); --crop front also needs BFM_front_idx.mat +
+    facemodel_info.mat (Deep3DFaceRecon's BFM folder).
+
+    bfm2017, bfm2019: the .h5 file (model2017-1_bfm_nomouth.h5, model2019_bfm.h5, ...).
+
+    flame: the pickle (generic_model.pkl, flame2023.pkl, flame2023_Open.pkl) and a
+    landmark embedding (landmark_embedding.npy, or flame_static_embedding.pkl +
+    flame_dynamic_embedding.npy); optional FLAME_masks.pkl, FLAME_texture.npz or
+    FLAME_albedo_from_BFM.npz, head_template.obj.
+
+    ict: the FaceXModel folder (generic_neutral_mesh.obj, identityNNN.obj, the
+    expression OBJs, vertex_indices.json).
+
+    sfm: sfm_shape_<N>.bin; optional expression_blendshapes_<N>.bin (eos's
+    ibug_to_sfm.txt mapping is built in).
+
+    Example: morph convert BFM/ --from bfm2009 --crop front --out bfm.safetensors
+    """
+    import time
+
+    from rich.console import Console
+
+    from morphable.convert import UnknownOption, convert, format_key
+
+    with reported_errors():
+        if dtype not in ("float16", "float32"):
+            raise InputError(f"--dtype {dtype!r}: use float16 or float32")
+        try:
+            key = format_key(fmt)
+        except ValueError as exc:
+            raise InputError(f"--from: {exc}") from None
+        given = {"n_identity": n_identity, "n_expression": n_expression, "n_albedo": n_albedo, "licence": licence,
+                 "landmarks": landmarks, "expression": expression, "crop": crop, "region": region, "masks": masks,
+                 "texture": texture, "uv": uv, "expression_scale": expression_scale}
+        options = {k: v for k, v in given.items() if v is not None}
+        if no_expression:
+            options["expression"] = False
+        if key == "sfm" and "expression" in options:
+            options["blendshapes"] = options.pop("expression")
+        start = time.perf_counter()
+        try:
+            with Console(stderr=True).status(f"converting {source} ({key})"):
+                model = convert(source, key, **options)
+                model.save(out, float_dtype=getattr(torch, dtype))
+        except UnknownOption as exc:
+            name = {"blendshapes": "expression"}.get(exc.option, exc.option)
+            flag = "--no-expression" if given.get(name) is None and name == "expression" else "--" + name.replace("_", "-")
+            raise InputError(f"{flag} does not apply to --from {key}") from None
+    meta = model.metadata
+    typer.echo(f"wrote {out} in {time.perf_counter() - start:.1f} s: {model.num_vertices} vertices, "
+               f"{model.num_triangles} triangles; identity {model.n_identity}, expression {model.n_expression}, "
+               f"albedo {model.n_albedo} components; units {meta['units']}")
+    typer.echo(f"licence: {meta['licence']}")
+    typer.echo(meta.get("description", ""))
+
+
 def run() -> None:
     """Console-script entry point."""
     app()
