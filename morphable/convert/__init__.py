@@ -54,19 +54,39 @@ FORMATS = {
 ALIASES = {"bfm2019": "bfm2017", "surrey": "sfm", "ict-facekit": "ict"}
 
 
-def convert(source: str | os.PathLike, fmt: str, **options) -> MorphableModel:
-    """Convert ``source`` in format ``fmt`` (see ``FORMATS``); options are the converter's keywords."""
+class UnknownOption(ValueError):
+    """An option the format does not take (``option`` names it); raised before any file is read."""
+
+    def __init__(self, option: str, fmt: str):
+        self.option, self.fmt = option, fmt
+        super().__init__(f"option '{option}' does not apply to {fmt}")
+
+
+COMMON_OPTIONS = ("n_identity", "n_expression", "n_albedo", "licence", "name")
+
+
+def format_key(fmt: str) -> str:
+    """The ``FORMATS`` key for a format name or alias (case-insensitive); ValueError if unknown."""
     key = ALIASES.get(fmt.lower(), fmt.lower())
     if key not in FORMATS:
-        raise ConvertError(source, f"unknown format {fmt!r}: use one of {', '.join(sorted(FORMATS))}")
+        raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return key
+
+
+def convert(source: str | os.PathLike, fmt: str, **options) -> MorphableModel:
+    """Convert ``source`` in format ``fmt`` (see ``FORMATS``); options are the converter's keywords.
+
+    Raises :class:`UnknownOption` for an option the format does not take, ValueError for an
+    unknown format and :class:`ConvertError` for a bad file.
+    """
+    key = format_key(fmt)
     function = FORMATS[key][0]
     accepted = inspect.signature(function).parameters
-    common = {"n_identity", "n_expression", "n_albedo", "licence", "name"}
     for option in options:
-        if option not in accepted and option not in common:
-            raise ConvertError(source, f"option '{option}' does not apply to {key}")
+        if option not in accepted and option not in COMMON_OPTIONS:
+            raise UnknownOption(option, key)
     return function(source, **options)
 
 
-__all__ = ["ALIASES", "FORMATS", "ConvertError", "convert", "convert_bfm2009", "convert_bfm2017", "convert_flame",
+__all__ = ["ALIASES", "COMMON_OPTIONS", "FORMATS", "ConvertError", "UnknownOption", "convert", "format_key", "convert_bfm2009", "convert_bfm2017", "convert_flame",
            "convert_ict", "convert_sfm"]
