@@ -2,11 +2,13 @@
 
 Prints:
 - speed of the MediaPipe port on CPU: detection + 468-point mesh for one face
-  (``assets/astronaut.png``, 512 px), median and min milliseconds over ``--runs`` runs, with
-  and without the pyramid tiles (the whole image only, as MediaPipe runs it);
+  (``assets/astronaut.png``, 512 px), median and min milliseconds over ``--runs`` runs, as
+  MediaPipe runs it (whole image, one mesh pass) and with morph's defaults (pyramid tiles for
+  large photos, one more mesh pass from the mesh's own ROI);
 - on a folder of photos with 68-point ``.pts`` ground truth (default ``../shared/data/faces``,
   evaluation only): faces found and the bbox-NME of the 68 points (MediaPipe: derived from the
-  mesh, see :mod:`cli.detect.mediapipe.ibug68`) per image, next to dlib's when it is installed.
+  mesh, see :mod:`cli.detect.mediapipe.ibug68`; "mp-as-is" = MediaPipe's pipeline,
+  "mp-default" = morph's) per image, next to dlib's when it is installed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from losses import landmark_nme
 
 from ..defaults import ASSETS
 from ..files import load_image, read_landmarks
+from . import REFINE
 from .mediapipe import MediaPipeDetector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +44,8 @@ def timed(fn, runs: int) -> tuple[float, float]:
 
 def speed(runs: int) -> None:
     image = load_image(ASSETS / "astronaut.png")
-    for label, detector in (("whole image (as MediaPipe)", MediaPipeDetector(pyramid=False)),
-                            ("with pyramid tiles", MediaPipeDetector(pyramid=True))):
+    for label, detector in (("as MediaPipe (whole image)", MediaPipeDetector(pyramid=False)),
+                            ("morph's default", MediaPipeDetector(pyramid=True, refine=REFINE))):
         found = len(detector.detect(image)[0])
         median, best = timed(lambda: detector.detect(image), runs)
         windows = len(detector.windows(*image.shape[1:])[1])
@@ -59,7 +62,7 @@ def accuracy(folder: Path) -> None:
     if not images:
         print(f"accuracy: no images with .pts ground truth in {folder}")
         return
-    detectors = {"mediapipe": MediaPipeDetector(pyramid=True).detect}
+    detectors = {"mp-as-is": MediaPipeDetector().detect, "mp-default": MediaPipeDetector(refine=REFINE).detect}
     if importlib.util.find_spec("dlib") is not None:
         from .dlib import detect_faces as dlib_faces
         detectors["dlib"] = lambda image: [dlib_faces(image)]

@@ -230,7 +230,8 @@ class GraphModule(torch.nn.Module):
             elif op == "PAD":
                 y = F.pad(ins[0], step["pad"])
             elif op == "PRELU":
-                y = torch.where(ins[0] >= 0, ins[0], ins[0] * ins[1])
+                x, alpha = ins
+                y = F.prelu(x, alpha.reshape(-1)) if alpha.numel() == x.shape[1] else torch.where(x >= 0, x, x * alpha)
             elif op == "RELU":
                 y = F.relu(ins[0])
             elif op == "RELU6":

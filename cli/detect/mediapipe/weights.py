@@ -115,6 +115,7 @@ def convert(name: str, wheel: Path | None = None) -> Path:
     metadata = {"program": json.dumps(program), "source": f"mediapipe {VERSION} wheel: {MODELS[name][0]}",
                 "sha256": MODELS[name][1], "licence": LICENCE}
     save_file({k: torch.from_numpy(v) for k, v in constants.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 
