@@ -69,4 +69,4 @@ def _rgb(image: torch.Tensor) -> torch.Tensor:
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTOR", "Face", "NoFaceFound", "detect_faces", "detect_landmarks"]
+__all__ = ["DEFAULT_DETECTOR", "DETECTORS", "Face", "NoFaceFound", "detect_faces", "detect_landmarks"]

@@ -29,7 +29,7 @@ MESH_TO_IBUG68 = (
     # inner lips 60-67
     (78,), (82,), (13,), (312,), (308,), (317,), (14,), (87,),
 )
-APPROXIMATE = tuple(range(0, 17))  # the jaw: surface vertices standing in for a silhouette
+APPROXIMATE = tuple(range(17))  # the jaw: surface vertices standing in for a silhouette
 
 
 def _pairs() -> torch.Tensor:

@@ -79,7 +79,7 @@ def _download(folder: Path) -> Path:
                "--disable-pip-version-check", "-d", str(folder), *PIP_PLATFORM]
     print(f"morph: fetching MediaPipe's face models (pip download mediapipe=={VERSION}, ~35 MB, once) "
           f"into {folder}", file=sys.stderr)
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     cached = sorted(folder.glob(f"mediapipe-{VERSION}-*.whl"))
     if result.returncode != 0 or not cached:
         reason = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
@@ -120,7 +120,7 @@ def convert(name: str, wheel: Path | None = None) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cpu(name: str) -> GraphModule:
     path = converted_path(name)
     for attempt in range(2):
@@ -145,7 +145,7 @@ def load_network(name: str, device: str | torch.device = "cpu") -> GraphModule:
     return module if torch.device(device).type == "cpu" else _on_device(name, str(torch.device(device)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _on_device(name: str, device: str) -> GraphModule:
     import copy
     return copy.deepcopy(_load_cpu(name)).to(device)
