@@ -14,6 +14,8 @@ from morphable import MESH_FORMATS, MorphableModel, Parameters, save_mesh
 
 from .errors import USER_ERRORS, InputError, fail, one_line, report, reported_errors
 from .fitting import FitConfig, FitDiverged
+from .options import device_option, model_option, resolve_device
+from .training.commands import register as register_training_commands
 
 app = typer.Typer(
     name="morph",
@@ -114,20 +116,8 @@ def _config(resolution: int, steps: int, landmark_steps: int) -> FitConfig:
     return FitConfig(resolution=resolution, photometric_steps=steps, landmark_steps=landmark_steps)
 
 
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, auto)") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available here")
-    return device
-
-
-ModelOption = typer.Option(None, "--model", "-m", help="Model file (default: the shipped assets/morph_face.safetensors).")
-DeviceOption = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")
+ModelOption = model_option()
+DeviceOption = device_option()
 ResolutionOption = typer.Option(FitConfig.resolution, "--resolution", "-r", min=64, max=1024, help="Working resolution of the crop (pixels).")
 StepsOption = typer.Option(FitConfig.photometric_steps, "--steps", min=0, help="Photometric-stage iterations (0: landmarks only).")
 LandmarkStepsOption = typer.Option(FitConfig.landmark_steps, "--landmark-steps", min=1, help="Landmark-stage iterations (L-BFGS evaluations).")
@@ -141,15 +131,20 @@ def fit_command(
                                              help="68 landmarks for a single image (.pts 1-based, .json, .npy); "
                                                   "default: dlib detection."),
     model: Optional[Path] = ModelOption,
+    network: Optional[Path] = typer.Option(None, "--network", "-n",
+                                           help="Start from this trained network's prediction (morph train) "
+                                                "instead of the closed-form solution."),
     device: str = DeviceOption,
     steps: int = StepsOption,
     landmark_steps: int = LandmarkStepsOption,
     resolution: int = ResolutionOption,
 ) -> None:
-    """Fit the face model to photos: params, meshes (PLY/OBJ), overlay, landmarks, report.
+    """Fit the face model to photos: params, textured meshes, textures, overlay, landmarks, report.
 
-    Writes OUT/<stem>/params.safetensors, mesh.ply, mesh.obj, overlay.png, landmarks.json,
-    report.json and loss_curve.png; a failed image leaves nothing behind.
+    Writes OUT/<stem>/params.safetensors, mesh.obj (+ mesh.mtl, textured), mesh.glb, mesh.ply,
+    texture.png, albedo.png, overlay.png, landmarks.json, report.json, loss_curve.png and
+    report.html (open it in a browser: photo, landmarks, 3D view, losses); with several images
+    also OUT/index.html. A failed image leaves nothing behind.
 
     Example: morph fit assets/astronaut.png --out out/
     """
@@ -160,15 +155,20 @@ def fit_command(
     from .fitting import fit_and_write
 
     with reported_errors():
-        dev = _device(device)
+        dev = resolve_device(device)
         paths = collect_images(images)
         if not paths:
             raise InputError("no images found in " + ", ".join(map(str, images)))
         if landmarks is not None and len(paths) != 1:
             raise InputError(f"--landmarks goes with exactly one image, got {len(paths)}")
         face_model = load_model(model)
+        start_network = None
+        if network is not None:
+            from .training.network import ParameterRegressor
+
+            start_network = ParameterRegressor.from_file(network, face_model).to(dev)
     config = _config(resolution, steps, landmark_steps)
-    failures = []
+    failures, results = [], []  # results: (image, error line or None), for the index
     per_image = config.landmark_steps + config.photometric_steps
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=True, disable=None) as bar:
@@ -177,14 +177,21 @@ def fit_command(
             bar.update(task, description=f"fitting {path.name}", completed=k * per_image)
             try:
                 result, prepared = fit_and_write(path, out, face_model, config, dev, landmarks,
-                                                 progress=lambda: bar.advance(task))
+                                                 progress=lambda: bar.advance(task), network=start_network)
             except (*USER_ERRORS, FitDiverged) as exc:
                 failures.append(path)
+                results.append((path, one_line(exc)))
                 report(one_line(exc))
                 continue
+            results.append((path, None))
             note = f" ({prepared.faces_found} faces found, used the largest)" if prepared.faces_found > 1 else ""
             typer.echo(f"{path}: fitted in {result.seconds:.1f} s -> {out / path.stem}{note}")
     done = len(paths) - len(failures)
+    if len(paths) > 1:
+        from .report import write_index
+
+        with reported_errors():
+            typer.echo(f"index of all images: {write_index(out, results)}")
     if len(paths) > 1 or failures:
         typer.echo(f"{done} of {len(paths)} images fitted" + (f"; failed: {', '.join(map(str, failures))}"
                                                              if failures else ""))
@@ -214,7 +221,7 @@ def eval_command(
     from .fitting import evaluate
 
     with reported_errors():
-        dev = _device(device)
+        dev = resolve_device(device)
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder")
         face_model = load_model(model)
@@ -243,6 +250,9 @@ def eval_command(
     if json_out:
         with reported_errors():
             write_json(json_out, results)
+
+
+register_training_commands(app)
 
 
 @app.command("convert")

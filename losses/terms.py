@@ -154,7 +154,9 @@ class LightingPrior(Loss):
 
 class ParameterLoss(Loss):
     """Squared error of coefficient groups against ground truth (synthetic data), summed over
-    the coefficients and averaged over the samples that have ground truth.
+    the coefficients, averaged over the batch (samples without ground truth count zero: a
+    batch's term scales with its share of such samples, and equal slices of a batch average
+    to the whole batch's value, as data-parallel training needs).
 
     Args:
         groups: the groups compared (coefficients ~N(0, 1), so they are comparable).
@@ -172,4 +174,4 @@ class ParameterLoss(Loss):
         for group in self.groups:
             if group in target:
                 total = total + (w * ((prediction[group] - target[group]) ** 2).sum(-1)).sum()
-        return torch.as_tensor(total) / w.sum().clamp_min(1.0)
+        return torch.as_tensor(total) / max(len(w), 1)

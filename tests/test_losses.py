@@ -79,3 +79,16 @@ def test_masked_psnr():
     mask[..., :4, :] = 1
     b[..., 4:, :] = 1.0  # outside the mask
     assert losses.masked_psnr(a, b, mask).item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_parameter_loss_counts_only_samples_with_ground_truth_and_splits_exactly():
+    pred = {"identity": torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, 0.0], [0.0, 1.0]]),
+            "expression": torch.zeros(4, 1), "albedo": torch.zeros(4, 1)}
+    target = {"identity": torch.zeros(4, 2), "expression": torch.ones(4, 1), "albedo": torch.zeros(4, 1),
+              "parameter_weights": torch.tensor([1.0, 1.0, 0.0, 1.0])}
+    loss = losses.ParameterLoss()
+    # Per sample: 5 + 1, 0 + 1, (ignored), 1 + 1 -> 9 over a batch of 4.
+    assert float(loss(pred, target)) == pytest.approx(9 / 4)
+    halves = [loss({k: v[s] for k, v in pred.items()}, {k: v[s] for k, v in target.items()})
+              for s in (slice(0, 2), slice(2, 4))]
+    assert float(sum(halves) / 2) == pytest.approx(9 / 4)

@@ -70,6 +70,7 @@ class StageReport:
     seconds: float
     final: dict
     history: list
+    terms: dict = field(default_factory=dict)  # each weighted loss term at every step, as history
 
 
 @dataclass
@@ -133,14 +134,16 @@ def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, m
     converges to sub-pixel accuracy; ``"adam"`` with a cosine-decayed learning rate copes
     with the photometric loss, whose gradients are noisier.
     """
-    history = []
+    history, term_history = [], {}
     start = time.perf_counter()
     params = [getattr(variables, g) for g in groups]
 
     def evaluate():
-        total, _ = loss_fn()
+        total, terms = loss_fn()
         _check_finite(total, variables, name, len(history))
         history.append(float(total.detach()))
+        for key, value in zip(terms, torch.stack([t.detach() for t in terms.values()]).tolist() if terms else []):
+            term_history.setdefault(key, []).append(value)
         if progress:
             progress()
         return total
@@ -168,7 +171,7 @@ def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, m
         total, terms = loss_fn()
     _check_finite(total, variables, name, steps)
     final = {k: float(t) for k, t in terms.items()} | {"total": float(total)}
-    return StageReport(name, len(history), time.perf_counter() - start, final, history)
+    return StageReport(name, len(history), time.perf_counter() - start, final, history, term_history)
 
 
 def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, config: FitConfig | None = None,

@@ -48,15 +48,31 @@ def prepare(image_path: Path, landmarks_path: Path | None = None) -> Prepared:
 
 
 def fit_and_write(image_path: Path, out_root: Path, model: MorphableModel, config: FitConfig,
-                  device: str = "cpu", landmarks_path: Path | None = None, progress=None) -> tuple[FitResult, Prepared]:
-    """Fit one image and write ``out_root/<stem>/`` (see :mod:`cli.outputs`)."""
+                  device: str = "cpu", landmarks_path: Path | None = None, progress=None,
+                  network=None) -> tuple[FitResult, Prepared]:
+    """Fit one image and write ``out_root/<stem>/`` (see :mod:`cli.report.outputs`).
+
+    ``network``: a :class:`cli.training.ParameterRegressor` whose prediction starts the fit
+    (None: the closed-form start).
+    """
     prepared = prepare(image_path, landmarks_path)
+    start = None
+    if network is not None:
+        from ..training.predict import predict
+
+        start = predict(network, prepared.image, prepared.landmarks)
     result = fit(prepared.image, prepared.landmarks, model, config, device=device, progress=progress,
-                     landmark_source=prepared.source)
+                 landmark_source=prepared.source, start=start)
+    write_outputs(image_path, out_root, model, prepared, result)
+    return result, prepared
+
+
+def write_outputs(image_path: Path, out_root: Path, model: MorphableModel, prepared: Prepared,
+                  result: FitResult) -> None:
+    """Write ``out_root/<stem>/`` for a fit (or a prediction) of ``image_path``."""
     extra = {"landmarks_source": prepared.source, "faces_found": prepared.faces_found,
              "detect_seconds": round(prepared.detect_seconds, 3),
              "landmark_nme_vs_input": {
                  "bbox": float(landmark_nme(result.fitted_landmarks, result.target_landmarks, "bbox")),
                  "outer_eye": float(landmark_nme(result.fitted_landmarks, result.target_landmarks, "outer_eye"))}}
     write_fit_outputs(out_root / image_path.stem, result, model, prepared.image, str(image_path), extra)
-    return result, prepared

@@ -60,6 +60,16 @@ def all_flags(d: Dist, *flags: bool) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def mean_values(d: Dist, values: dict[str, float]) -> dict[str, float]:
+    """The mean of each value over all processes (for logging the global batch's losses)."""
+    if not d.active:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64,
+                     device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return dict(zip(values, (t / d.world).tolist()))
+
+
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()

@@ -113,6 +113,16 @@ def _optimiser(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimiz
                               {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
 
+def _ema_update(decay: float):
+    """EMA with a warm-up: the decay grows as (1 + n) / (10 + n) up to ``decay``, so that a short
+    run's average is not dominated by the random initial weights."""
+    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return d * averaged + (1 - d) * current
+    return update
+
+
 class _StopRequest:
     """The first Ctrl-C asks to stop after the current step; a second one interrupts at once."""
 
@@ -137,12 +147,14 @@ class _StopRequest:
 
 
 def train(config: TrainConfig | None, run: Path, resume: bool = False, steps: int | None = None,
-          device: str | None = None, progress: bool = True) -> TrainResult:
+          device: str | None = None, progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train a network as ``config`` says, writing RUN/ (see the module docstring).
 
     With ``resume``, ``config`` is ignored: the settings and state saved in
     ``RUN/last.ckpt`` are loaded and training continues from its step, up to ``steps``
     (default: the saved number), on ``device`` (default: the saved one).
+    ``stop_after``: save and return after this many steps of this call (the schedule still
+    runs to ``steps``; resume later), e.g. to train in several sittings.
     """
     run = Path(run)
     state = None
@@ -158,12 +170,13 @@ def train(config: TrainConfig | None, run: Path, resume: bool = False, steps: in
     config.check()
     d = distributed.setup(config.device)
     try:
-        return _train(config, run, state, d, progress)
+        return _train(config, run, state, d, progress, stop_after)
     finally:
         distributed.teardown(d)
 
 
-def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Dist, progress: bool) -> TrainResult:
+def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Dist, progress: bool,
+           stop_after: int | None) -> TrainResult:
     model = load_model(Path(config.model) if config.model else None)
     dataset = _check_datasets(config, model)
     train_ids, val_ids = split(dataset, config.val_fraction, config.val_max)
@@ -180,8 +193,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(config))
     ema = None
     if config.ema > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        ema = torch.optim.swa_utils.AveragedModel(net, avg_fn=_ema_update(config.ema), use_buffers=True)
     step = 0
     if state is not None:
         net.load_state_dict(state["network"])
@@ -222,8 +234,9 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
     started, images_done, window_start, window_images = time.perf_counter(), 0, time.perf_counter(), 0
     last_terms, last_val = {}, {}
     first_step = step
+    last_step = config.steps if stop_after is None else min(config.steps, step + stop_after)
     with _StopRequest() as stop, log.progress(config.steps, step, enabled=progress and d.main) as bar:
-        while step < config.steps:
+        while step < last_step:
             batch = augment(stream.batch(step).to(d.device), config.augment, config.seed, step, rows,
                             config.batch_size)
             net.train()
@@ -248,10 +261,11 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
             images_done += config.batch_size
             window_images += config.batch_size
             if d.main:
-                bar.advance(step, float(total), window_images / max(time.perf_counter() - window_start, 1e-9))
+                bar.advance(step, float(total.detach()), window_images / max(time.perf_counter() - window_start, 1e-9))
             if step % config.log_every == 0 or step == config.steps:
                 rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                last_terms = {k: float(v) for k, v in terms.items()} | {"total": float(total)}
+                last_terms = distributed.mean_values(d, {k: float(v.detach()) for k, v in terms.items()}
+                                                     | {"total": float(total.detach())})
                 log.row(step, last_terms, scheduler.get_last_lr()[0], rate)
                 window_start, window_images = time.perf_counter(), 0
             if step % config.val_every == 0 or step == config.steps:
@@ -261,7 +275,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
                     last_val, grid = validate(evaluated, scene, stream, val_ids, d.device, autocast)
                     log.validation(step, last_val, grid)
                 distributed.barrier(d)
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if step % config.checkpoint_every == 0 or step == last_step:
                 if d.main:
                     checkpoint(step)
                 distributed.barrier(d)

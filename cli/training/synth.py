@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..files import to_uint8, write_png, write_text
 from ..scene import FaceScene
 from .backgrounds import Backgrounds
-from .shards import Sample, ShardWriter
+from .shards import SHARD_SIZE, Sample, ShardWriter
 
 BATCH = 16
 
@@ -100,7 +100,7 @@ def place_in_crop(model: MorphableModel, p: Parameters, resolution: int, crop_sc
 
 def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, resolution: int = 224,
                backgrounds: Backgrounds | None = None, config: SynthConfig | None = None, images: bool = False,
-               progress=None) -> int:
+               progress=None, shard_size: int = SHARD_SIZE) -> int:
     """Render ``count`` faces into the dataset folder ``out``; returns how many were made now.
 
     Samples already in ``out`` (an interrupted run with the same settings) are skipped.
@@ -111,7 +111,7 @@ def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, reso
     settings = {"command": "synth", "seed": seed, "resolution": resolution, "backgrounds": backgrounds.describe(),
                 **{k: getattr(config, k) for k in config.__dataclass_fields__}}
     writer = ShardWriter(out, resolution, generator=settings, model={
-        "name": model.metadata.get("name", ""), "sizes": list(model.parameter_sizes)})
+        "name": model.metadata.get("name", ""), "sizes": list(model.parameter_sizes)}, shard_size=shard_size)
     if writer.index["generator"] != settings:
         raise InputError(f"{out}: already holds a dataset made with other settings ({writer.index['generator']})")
     scene = FaceScene(model, resolution)
