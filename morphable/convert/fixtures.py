@@ -115,12 +115,14 @@ def make_face(n_vertices: int = 800, k_identity: int = 4, k_expression: int = 3,
 
 # -- Basel Face Model 2009 (+ Guo et al. expressions, Deep3DFaceRecon index files) ---------------
 def write_bfm2009(face: Face, folder: Path, expressions: bool = False, deep3d: bool = False,
-                  trim: np.ndarray | None = None, front: np.ndarray | None = None) -> Path:
+                  trim: np.ndarray | None = None, front: np.ndarray | None = None,
+                  skin: np.ndarray | None = None, face_region: np.ndarray | None = None) -> Path:
     """``01_MorphableModel.mat`` (micrometres, 0-255 colours, EV as σ, 1-based clockwise ``tl``).
 
     With ``expressions``: ``Exp_Pca.bin``, ``std_exp.txt``, ``BFM_exp_idx.mat`` on ``trim``
     (default: all but the last 3 vertices). With ``deep3d``: ``BFM_front_idx.mat`` (``front``,
-    default: vertices with z > 0 in the trim) and ``facemodel_info.mat``.
+    default: vertices with z > 0 in the trim) and ``facemodel_info.mat`` (``skinmask`` and
+    ``frontmask2_idx`` from ``skin`` and ``face_region`` [N] bool; default y < 20 and z > 20).
     """
     import scipy.io
 
@@ -153,10 +155,12 @@ def write_bfm2009(face: Face, folder: Path, expressions: bool = False, deep3d: b
         tri = inverse[face.triangles]
         tri = tri[(tri >= 0).all(1)]
         scipy.io.savemat(folder / "BFM_front_idx.mat", {"idx": (front + 1).reshape(-1, 1).astype(np.int32)})
+        skin = face.vertices[:, 1] < 20 if skin is None else skin
+        face_region = face.vertices[:, 2] > 20 if face_region is None else face_region
         scipy.io.savemat(folder / "facemodel_info.mat", {
             "tri": (tri + 1).astype(np.float64), "keypoints": (inverse[face.landmarks] + 1).reshape(1, -1).astype(
-                np.float64), "skinmask": (face.vertices[keep, 1] < 20).reshape(1, -1).astype(np.float64),
-            "frontmask2_idx": (np.flatnonzero(face.vertices[keep, 2] > 20) + 1).reshape(-1, 1).astype(np.float64),
+                np.float64), "skinmask": skin[keep].reshape(1, -1).astype(np.float64),
+            "frontmask2_idx": (np.flatnonzero(face_region[keep]) + 1).reshape(-1, 1).astype(np.float64),
             "point_buf": np.zeros((len(keep), 8)), "tri_mask2": np.zeros((1, 1))})
     return folder / "01_MorphableModel.mat"
 
@@ -232,10 +236,11 @@ def dump_python2_style(obj, path: Path) -> None:
 
 
 def write_flame(face: Face, folder: Path, n_identity: int = 300, static_68: bool = False, masks: bool = True,
-                texture_side: int = 0, name: str = "generic_model.pkl") -> Path:
+                texture_side: int = 0, texture_components: int = 2, name: str = "generic_model.pkl") -> Path:
     """FLAME's pickle (metres, ``shapedirs`` a chumpy ``Ch`` of ``n_identity`` + expression components),
     ``flame_static_embedding.pkl`` (51 points) + ``flame_dynamic_embedding.npy`` (or one 68-point
-    ``landmark_embedding.npy``), ``FLAME_masks.pkl`` and, with ``texture_side``, ``FLAME_texture.npz``.
+    ``landmark_embedding.npy``), ``FLAME_masks.pkl`` and, with ``texture_side``, ``FLAME_texture.npz``
+    (component k = (k + 1) / 10 of the mean image).
     Identity components beyond the face's are zero; the embedding puts each landmark at a corner."""
     folder.mkdir(parents=True, exist_ok=True)
     n = face.n
@@ -276,7 +281,7 @@ def write_flame(face: Face, folder: Path, n_identity: int = 300, static_68: bool
         s = texture_side
         yy, xx = np.mgrid[0:s, 0:s] / (s - 1)
         mean_rgb = np.stack([xx, yy, 0.5 + 0 * xx], -1) * 255  # red grows with u, green with rows (down)
-        tex_dir = np.stack([mean_rgb * 0.1 * (k + 1) for k in range(2)], -1)
+        tex_dir = np.stack([mean_rgb * 0.1 * (k + 1) for k in range(texture_components)], -1).astype(np.float32)
         np.savez(folder / "FLAME_texture.npz", mean=mean_rgb[..., ::-1], tex_dir=tex_dir[:, :, ::-1],
                  vt=face.uv, ft=face.triangles)
     return folder / name
