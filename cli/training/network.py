@@ -221,9 +221,10 @@ class ParameterRegressor(nn.Module):
                 "n_identity": str(self.sizes.identity), "n_expression": str(self.sizes.expression),
                 "n_albedo": str(self.sizes.albedo)}
 
-    def save(self, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> None:
-        """Write the weights and metadata to safetensors, atomically."""
-        state = {k: v.detach().float() if v.is_floating_point() else v.detach()
+    def save(self, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None,
+             dtype: torch.dtype = torch.float32) -> None:
+        """Write the weights (floats as ``dtype``: float16 halves the file) and metadata, atomically."""
+        state = {k: v.detach().to(dtype) if v.is_floating_point() else v.detach()
                  for k, v in self.state_dict().items()}
         atomic_save_safetensors(state, {**self.metadata(), **(extra_metadata or {})}, path)
 

@@ -2,7 +2,8 @@
 
 For every photo, the landmarks come from an iBUG ``.pts`` file beside it (read 1-based, as
 ``morph fit --landmarks`` reads it) or from the detector; the crop is the one ``morph fit``
-makes (:mod:`cli.crop`). A photo that fails is logged (``DATASET/prepare.log`` and the
+makes (:mod:`cli.crop`). A detector's 17 jaw points follow the visible outline, not the
+model's 3D jaw, so they get ``DETECTOR_JAW_WEIGHT`` in the sample's landmark weights. A photo that fails is logged (``DATASET/prepare.log`` and the
 index's ``failed``) and skipped; a re-run skips the photos already done or failed (unless
 told to retry the failed ones).
 """
@@ -21,6 +22,8 @@ from ..errors import USER_ERRORS
 from ..files import load_image, read_landmarks
 from .shards import Sample, ShardWriter
 
+DETECTOR_JAW_WEIGHT = 0.2
+
 
 @dataclass
 class PrepareSummary:
@@ -30,7 +33,7 @@ class PrepareSummary:
 
 
 def prepare_dataset(photos: list[Path], out: Path, resolution: int = 224, retry_failed: bool = False,
-                    on_photo=None) -> PrepareSummary:
+                    on_photo=None, detector: str = "mediapipe") -> PrepareSummary:
     """Add ``photos`` to the dataset folder ``out``; ``on_photo(path, error or None)`` after each."""
     writer = ShardWriter(out, resolution, generator={"command": "prepare", "resolution": resolution})
     summary = PrepareSummary()
@@ -41,7 +44,7 @@ def prepare_dataset(photos: list[Path], out: Path, resolution: int = 224, retry_
             summary.skipped += 1
             continue
         try:
-            sample = _sample(photo, source, resolution)
+            sample = _sample(photo, source, resolution, detector)
         except USER_ERRORS as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             writer.fail(source, reason)
@@ -59,13 +62,15 @@ def prepare_dataset(photos: list[Path], out: Path, resolution: int = 224, retry_
     return summary
 
 
-def _sample(photo: Path, source: str, resolution: int) -> Sample:
+def _sample(photo: Path, source: str, resolution: int, detector: str) -> Sample:
     image = load_image(photo)
     pts = photo.with_suffix(".pts")
+    weights = torch.ones(68)
     if pts.is_file():
         landmarks = read_landmarks(pts)
     else:
-        landmarks, _ = detect_landmarks(image)
+        landmarks, _ = detect_landmarks(image, detector)
+        weights[:17] = DETECTOR_JAW_WEIGHT
     crop = make_crop(landmarks, resolution)
     crop8 = (crop_image(image, crop)[0].clamp(0, 1) * 255).round().to(torch.uint8)
-    return Sample(crop8, crop.to_crop(landmarks), source)
+    return Sample(crop8, crop.to_crop(landmarks), source, landmark_weights=weights)

@@ -9,7 +9,9 @@ gives the same bytes, and an interrupted run continues where it stopped. Each fa
 - SH light: ambient with a random tint and strength, a random directional (band 1) term,
   a little band 2;
 - a background (procedural or photographic, :mod:`cli.training.backgrounds`) behind the
-  face; optionally a random occluder (a patch of another background) over part of the face.
+  face, often with a head-sized ellipse of a darkened texture just behind it (the model has
+  no hair, ears or neck: the face should not always meet the background at its edge);
+  optionally a random occluder (a patch of another background) over part of the face.
 
 The face is rendered directly in the frame of the crop :mod:`cli.crop` makes from its
 landmarks (the crop is a similarity, so the pose is mapped exactly), so synthetic crops
@@ -31,7 +33,7 @@ from morphable.parameters import DEFAULT_SH_DC, NUM_SH
 from ..crop import CROP_SCALE, make_crop
 from ..errors import InputError
 from ..files import to_uint8, write_png, write_text
-from ..scene import FaceScene
+from ..scene import FaceScene, VertexRows
 from .backgrounds import Backgrounds
 from .shards import SHARD_SIZE, Sample, ShardWriter
 
@@ -47,6 +49,7 @@ class SynthConfig:
     expression_kicks: float = 2.0  # mean number of strong one-sided activations
     expression_kick: float = 3.0  # their maximum coefficient
     occluder: float = 0.2  # probability of an occluding patch
+    head: float = 0.6  # probability of a head-sized backdrop (hair, neck, ears are not in the model)
 
 
 def sample_parameters(model: MorphableModel, g: torch.Generator, config: SynthConfig) -> Parameters:
@@ -87,9 +90,9 @@ def _euler_xyz(angles: torch.Tensor) -> torch.Tensor:
 def place_in_crop(model: MorphableModel, p: Parameters, resolution: int, crop_scale: float = CROP_SCALE) -> Parameters:
     """``p`` (batch 1) moved into the frame of the crop made from its own landmarks."""
     # At scale 1 and translation 0 the landmarks sit at pixels (x, -y) of the rotated model.
-    vertices = model.shape(p.identity, p.expression)
+    rows = VertexRows(model, model.landmarks)
     rotation = kornia.geometry.conversions.axis_angle_to_rotation_matrix(p.rotation)
-    points = model.landmark_points(vertices) @ rotation.transpose(1, 2)
+    points = rows.shape(p.identity, p.expression) @ rotation.transpose(1, 2)
     crop = make_crop(torch.stack([points[0, :, 0], -points[0, :, 1]], -1), resolution, crop_scale)
     q = p.clone()
     q.pose[:, 3] = -crop.origin_x * crop.scale
@@ -127,6 +130,8 @@ def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, reso
             rendered = scene(batch)
         for k, (i, g) in enumerate(zip(chunk, gens)):
             background = backgrounds.draw(g)
+            if torch.rand(1, generator=g).item() < config.head:
+                background = _head_backdrop(background, rendered["landmarks"][k], backgrounds.draw(g), g)
             coverage = rendered["coverage"][k]
             image = rendered["image"][k].clamp(0, 1) + (1 - coverage) * background
             if torch.rand(1, generator=g).item() < config.occluder:
@@ -145,17 +150,33 @@ def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, reso
     return made
 
 
+def _ellipse(size: int, centre: torch.Tensor, radii: torch.Tensor, angle: float) -> torch.Tensor:
+    """``[1,S,S]`` 1 inside the ellipse, 0 outside (pixel centres)."""
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    dx, dy = xs - centre[0], ys - centre[1]
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    return ((u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 1).to(torch.float32)[None]
+
+
+def _head_backdrop(background: torch.Tensor, landmarks: torch.Tensor, texture: torch.Tensor,
+                   g: torch.Generator) -> torch.Tensor:
+    """An ellipse a little larger than the face, of a darkened texture (hair, ears, neck), behind it."""
+    lo, hi = landmarks.amin(0), landmarks.amax(0)
+    centre = 0.5 * (lo + hi) + (hi - lo) * torch.tensor([0.0, -0.15]) + 3 * torch.randn(2, generator=g)
+    radii = 0.5 * (hi - lo) * (1.25 + 0.35 * torch.rand(2, generator=g))
+    shade = 0.15 + 0.6 * torch.rand(1, generator=g)
+    tint = torch.rand(3, 1, 1, generator=g) * 0.5 + 0.5
+    inside = _ellipse(background.shape[-1], centre, radii, 0.3 * (torch.rand(1, generator=g).item() - 0.5))
+    return background * (1 - inside) + (texture * shade * tint).clamp(0, 1) * inside
+
+
 def _occlude(image: torch.Tensor, landmarks: torch.Tensor, patch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Cover a random ellipse near a random landmark with a patch of another background."""
     size = image.shape[-1]
     centre = landmarks[int(torch.randint(68, (1,), generator=g))] + 10 * torch.randn(2, generator=g)
     radii = size * (0.08 + 0.17 * torch.rand(2, generator=g))
-    angle = math.pi * torch.rand(1, generator=g).item()
-    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    dx, dy = xs - centre[0], ys - centre[1]
-    u = dx * math.cos(angle) + dy * math.sin(angle)
-    v = -dx * math.sin(angle) + dy * math.cos(angle)
-    inside = ((u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 1).to(image.dtype)
+    inside = _ellipse(size, centre, radii, math.pi * torch.rand(1, generator=g).item())
     return image * (1 - inside) + patch * inside
 
 
