@@ -235,23 +235,34 @@ def read_unvalidated(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, metadata
 
 
+def _safetensors_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, memoryview]:
+    """(canonical header with its length prefix, the data section as a view: no copy of the data)."""
+    raw = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes
+    return len(header).to_bytes(8, "little") + header, memoryview(raw)[8 + n:]
+
+
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """Serialise to safetensors with a canonical header (sorted keys), so equal inputs give equal bytes.
 
     safetensors itself writes the metadata in hash-map order, which changes from run to run.
     """
-    raw = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    n = int.from_bytes(raw[:8], "little")
-    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes
-    return len(header).to_bytes(8, "little") + header + raw[8 + n:]
+    head, data = _safetensors_parts(tensors, metadata)
+    return head + data
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path) -> None:
-    """Write a safetensors file through a temporary file + rename, so a crash leaves no partial file."""
-    data = safetensors_bytes(tensors, metadata)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write a safetensors file through a temporary file + rename, so a crash leaves no partial file.
+
+    The bytes are those of :func:`safetensors_bytes`, written in two parts so that a large model
+    is not copied again in memory.
+    """
+    head, data = _safetensors_parts(tensors, metadata)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(head)
+        f.write(data)
 
 def write_model_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path,
                      float_dtype: torch.dtype = torch.float32) -> None:
