@@ -100,6 +100,12 @@ def _check_shape(path, name: str, t: torch.Tensor, expected: tuple) -> None:
         raise ModelFileError(path, f"shape {list(t.shape)} does not match {want}", name)
 
 
+def _all_finite(t: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """``torch.isfinite(t).all()`` in chunks: its temporaries are ~2x the tensor, large for big bases."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
 def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<memory>") -> dict[str, torch.Tensor]:
     """Check a model's tensors and metadata against the schema.
 
@@ -169,7 +175,7 @@ def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<
     for name, t in tensors.items():
         if t.dtype in _FLOAT_DTYPES:
             t = t.to(torch.float32)
-            if not torch.isfinite(t).all():
+            if not _all_finite(t):
                 raise ModelFileError(path, "contains NaN or infinite values", name)
         elif t.dtype in _INDEX_DTYPES:
             t = t.to(torch.int64)
