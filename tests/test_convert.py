@@ -158,7 +158,10 @@ def test_ict_obj_folder(face, files):
     close(m.identity_basis, face.scaled(face.id_basis, face.id_sigma), 1e-5)
     close(m.expression_basis, 0.25 * face.scaled(face.exp_basis, face.exp_sigma), 1e-5)
     assert json.loads(m.metadata["expression_names"]) == list(fx.EXPRESSION_NAMES[:3])
+    faces = [line for line in (files["ict"] / "generic_neutral_mesh.obj").read_text().splitlines() if line[:2] == "f "]
+    assert sum(len(f.split()) == 5 for f in faces) > len(faces) // 2  # mostly quads, as ICT's mesh
     assert m.num_triangles == len(face.triangles)  # quads fanned back into the same triangles
+    assert sorted(map(tuple, np.sort(m.triangles.numpy(), 1))) == sorted(map(tuple, np.sort(face.triangles, 1)))
     assert m.uv.shape == (face.n, 2) and m.uv_triangles.shape == m.triangles.shape
     assert m.landmarks.tolist() == face.landmarks.tolist() and m.metadata["licence"].startswith("MIT")
     assert_outward(m)
@@ -294,3 +297,21 @@ class _EvilCall:
 
     def __reduce__(self):
         return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("fmt", ["bfm2009", "bfm2017"])
+def test_full_size_basel_models_use_eos_mappings(tmp_path, fmt):
+    """At the published vertex counts the built-in eos mappings apply; the rest is derived."""
+    from morphable.convert.bfm2009 import EOS_IBUG_TO_BFM2009
+    from morphable.convert.bfm2017 import EOS_IBUG_TO_BFM2017_NOMOUTH
+    mapping, n = ((EOS_IBUG_TO_BFM2009, 53490) if fmt == "bfm2009" else (EOS_IBUG_TO_BFM2017_NOMOUTH, 53149))
+    pinned = {k - 1: v for k, v in mapping.items()}
+    face = fx.make_face(n, k_identity=2, k_expression=1, k_albedo=1, pinned=pinned)
+    if fmt == "bfm2009":
+        source = fx.write_bfm2009(face, tmp_path)
+    else:
+        source = fx.write_bfm2017(face, tmp_path / "model2017-1_bfm_nomouth.h5")
+    m = convert(source, fmt)
+    assert m.num_vertices == n and all(m.landmarks[i].item() == v for i, v in pinned.items())
+    assert f"{len(pinned)} of 68 from eos share/ibug_to_bfm" in m.metadata["description"]
+    assert_outward(m)

@@ -81,6 +81,8 @@ def convert(source: str | os.PathLike, fmt: str, **options) -> MorphableModel:
     """
     key = format_key(fmt)
     function = FORMATS[key][0]
+    if not os.path.exists(source):
+        raise ConvertError(source, "no such file or folder")
     accepted = inspect.signature(function).parameters
     for option in options:
         if option not in accepted and option not in COMMON_OPTIONS:

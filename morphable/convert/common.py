@@ -50,18 +50,21 @@ def find_file(path: Path, explicit, names: tuple[str, ...], what: str, required:
 
 
 def scale_columns(basis: np.ndarray, sigma: np.ndarray, factor: float = 1.0) -> np.ndarray:
-    """``basis [3N,K] * sigma [K] * factor`` as float32 ``[N,3,K]``, in place where the input allows.
+    """``basis [3N,K] * sigma [K] * factor`` as C-ordered float32 ``[N,3,K]``.
 
-    Rows are x, y, z of each vertex in turn (the layout of every source here), so the reshape
-    to ``[N,3,K]`` is a view.
+    Rows are x, y, z of each vertex in turn (the layout of every source here). One output
+    array is allocated whatever the input's order or dtype (MATLAB's are column-major); a
+    writable C-ordered float32 input is scaled in place.
     """
-    out = basis if basis.dtype == np.float32 and basis.flags.writeable else basis.astype(np.float32)
     sigma = np.asarray(sigma, dtype=np.float64).reshape(-1)
-    if out.ndim != 2 or out.shape[0] % 3 or out.shape[1] != sigma.size:
+    if basis.ndim != 2 or basis.shape[0] % 3 or basis.shape[1] != sigma.size:
         raise ValueError(f"a basis of shape {list(basis.shape)} with {sigma.size} standard deviations")
     if not np.isfinite(sigma).all() or (sigma < 0).any():
         raise ValueError("standard deviations must be finite and >= 0")
-    out *= (sigma * factor).astype(np.float32)
+    scale = (sigma * factor).astype(np.float32)
+    in_place = basis.dtype == np.float32 and basis.flags.c_contiguous and basis.flags.writeable
+    out = basis if in_place else np.empty(basis.shape, dtype=np.float32)
+    np.multiply(basis, scale, out=out, casting="unsafe")
     return out.reshape(-1, 3, out.shape[1])
 
 

@@ -77,14 +77,16 @@ def make_face(n_vertices: int = 800, k_identity: int = 4, k_expression: int = 3,
                      -1).reshape(-1, 3)
     extra = n_vertices - 2 - len(rings)
     vertices = np.concatenate([[[0, radii[1], 0]], rings, [[0, -radii[1], 0]], np.zeros((extra, 3))])
-    ring = lambda i, j: 1 + i * n_lon + (j % n_lon)  # noqa: E731
     bottom = 1 + n_lat * n_lon
-    tris = []
-    for j in range(n_lon):
-        tris += [(0, ring(0, j + 1), ring(0, j)), (bottom, ring(n_lat - 1, j), ring(n_lat - 1, j + 1))]
-        for i in range(n_lat - 1):
-            tris += [(ring(i, j), ring(i, j + 1), ring(i + 1, j + 1)), (ring(i, j), ring(i + 1, j + 1), ring(i + 1, j))]
-    triangles = np.array(tris, dtype=np.int64)
+    j = np.arange(n_lon)
+    ring = lambda i, jj: 1 + i * n_lon + jj % n_lon  # noqa: E731
+    caps = [np.stack([np.zeros_like(j), ring(0, j + 1), ring(0, j)], 1),
+            np.stack([np.full_like(j, bottom), ring(n_lat - 1, j), ring(n_lat - 1, j + 1)], 1)]
+    i, jj = (g.reshape(-1) for g in np.meshgrid(np.arange(n_lat - 1), j, indexing="ij"))
+    quads = [np.stack([ring(i, jj), ring(i, jj + 1), ring(i + 1, jj + 1)], 1),
+             np.stack([ring(i, jj), ring(i + 1, jj + 1), ring(i + 1, jj)], 1)]
+    # The two triangles of each grid cell next to each other (the ICT writer joins them into quads).
+    triangles = np.concatenate(caps + [np.stack(quads, 1).reshape(-1, 3)]).astype(np.int64)
     v0, v1, v2 = (vertices[triangles[:, k]] for k in range(3))
     outward = np.einsum("ij,ij->i", np.cross(v1 - v0, v2 - v0), v0 + v1 + v2) > 0
     triangles = np.where(outward[:, None], triangles, triangles[:, [0, 2, 1]])
@@ -280,8 +282,8 @@ def write_flame(face: Face, folder: Path, n_identity: int = 300, static_68: bool
     if texture_side:
         s = texture_side
         yy, xx = np.mgrid[0:s, 0:s] / (s - 1)
-        mean_rgb = np.stack([xx, yy, 0.5 + 0 * xx], -1) * 255  # red grows with u, green with rows (down)
-        tex_dir = np.stack([mean_rgb * 0.1 * (k + 1) for k in range(texture_components)], -1).astype(np.float32)
+        mean_rgb = (np.stack([xx, yy, 0.5 + 0 * xx], -1) * 255).astype(np.float32)  # red ~ u, green ~ rows (down)
+        tex_dir = mean_rgb[..., None] * (0.1 * np.arange(1, texture_components + 1, dtype=np.float32))
         np.savez(folder / "FLAME_texture.npz", mean=mean_rgb[..., ::-1], tex_dir=tex_dir[:, :, ::-1],
                  vt=face.uv, ft=face.triangles)
     return folder / name
@@ -295,17 +297,19 @@ def _write_obj(path: Path, vertices_cm: np.ndarray, face: Face | None = None) ->
     lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices_cm]
     if face is not None:
         lines += [f"vt {u:.6f} {v:.6f}" for u, v in face.uv]
-        tris = face.triangles + 1
-        # Pair consecutive triangles into quads where they share an edge, as ICT's quad mesh is.
+        tris = (face.triangles + 1).tolist()
         k = 0
-        while k < len(tris):
-            a = tris[k]
-            if k + 1 < len(tris) and a[0] == tris[k + 1][0] and a[2] == tris[k + 1][1]:
-                quad = (a[0], a[1], a[2], tris[k + 1][2])
-                k += 2
-            else:
-                quad = tuple(a)
-                k += 1
+        while k < len(tris):  # join a triangle with the next one into a quad where they share an edge
+            quad = tris[k]
+            if k + 1 < len(tris):
+                nxt = tris[k + 1]
+                for r in range(3):
+                    a, b, c = tris[k][r:] + tris[k][:r]
+                    rest = [v for v in nxt if v not in (a, c)]
+                    if len(rest) == 1 and (c, rest[0], a) in (tuple(nxt[q:] + nxt[:q]) for q in range(3)):
+                        quad = [a, b, c, rest[0]]
+                        break
+            k += 2 if len(quad) == 4 else 1
             lines.append("f " + " ".join(f"{v}/{v}" for v in quad))
     path.write_text("\n".join(lines) + "\n")
 
