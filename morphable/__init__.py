@@ -10,13 +10,14 @@ Contract:
   :class:`ModelFileError` naming the tensor. Loading never executes code from the file.
 - :class:`Parameters` holds the five groups (identity, expression, albedo, lighting,
   pose) with a batch dimension; flat-vector and safetensors round trips; prior sampling.
-- :func:`save_mesh` writes OBJ/PLY with per-vertex colours.
+- :func:`save_mesh` writes OBJ/PLY with per-vertex colours; :func:`save_textured_mesh` a textured
+  OBJ (+ MTL) or binary glTF from per-corner UVs.
 
 Imports torch, numpy, safetensors and trimesh only: never ``render``, ``losses`` or ``cli``.
 """
 
 from .atomic import atomic_path
-from .mesh_io import MESH_FORMATS, save_mesh, to_trimesh
+from .mesh_io import MESH_FORMATS, TEXTURED_FORMATS, save_mesh, save_textured_mesh, split_seams, to_trimesh
 from .model import MorphableModel
 from .parameters import (
     AMBIENT,
@@ -30,8 +31,9 @@ from .parameters import (
 from .schema import NUM_LANDMARKS, ModelFileError, read_model_file, validate, write_model_file
 
 __all__ = [
-    "AMBIENT", "GROUPS", "MESH_FORMATS", "NUM_LANDMARKS", "NUM_SH", "POSE_SIZE",
+    "AMBIENT", "GROUPS", "MESH_FORMATS", "NUM_LANDMARKS", "NUM_SH", "POSE_SIZE", "TEXTURED_FORMATS",
     "ModelFileError", "MorphableModel", "ParameterSizes", "Parameters",
-    "atomic_path", "default_lighting", "read_model_file", "save_mesh", "to_trimesh",
+    "atomic_path", "default_lighting", "read_model_file", "save_mesh", "save_textured_mesh",
+    "split_seams", "to_trimesh",
     "validate", "write_model_file",
 ]

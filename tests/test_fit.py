@@ -87,8 +87,11 @@ def test_fit_cli_on_the_astronaut(tmp_path):
     assert result.exit_code == 0, result.output
     out = tmp_path / "astronaut"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["params.safetensors", "mesh.ply", "mesh.obj", "overlay.png", "landmarks.json", "report.json",
-         "loss_curve.png"])
+        ["params.safetensors", "mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb", "texture.png", "albedo.png",
+         "overlay.png", "landmarks.json", "report.json", "loss_curve.png", "report.html"])
+    assert iio.imread(out / "texture.png").shape == iio.imread(out / "albedo.png").shape == (1024, 1024, 3)
+    textured = trimesh.load(out / "mesh.obj", process=False)  # finds mesh.mtl and texture.png beside it
+    assert textured.visual.material.image.size == (1024, 1024)
     overlay = iio.imread(out / "overlay.png")
     assert overlay.shape == (512, 512, 3)
     assert not np.array_equal(overlay, iio.imread(ASTRONAUT))
@@ -189,7 +192,9 @@ def test_one_failure_does_not_stop_the_rest(tmp_path):
     assert result.exit_code == 1
     assert "no face found" in result.stderr
     assert "1 of 2 images fitted" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["astronaut"]
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut", "index.html"]
+    index = (out / "index.html").read_text()
+    assert 'href="astronaut/report.html"' in index and "no face found" in index and "1 of 2 images fitted" in index
 
 
 @pytest.mark.skipif(not (SHARED_FACES / "image_0010.png").is_file(), reason="needs ../shared/data/faces")

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
 
-from morphable import MorphableModel, save_mesh
+import render
+from morphable import MorphableModel, save_mesh, save_textured_mesh
 
 from ..files import atomic_directory, to_uint8, write_png
 from ..fitting.optimise import FitResult
-from .overlay import overlay, render_in_original
+from .html import encode_image, report_html, viewer_mesh
+from .overlay import overlay, render_view
 from .plot import loss_curve
+from .texture import TEXTURE_SIZE, bake
 
-OUTPUT_FILES = ("params.safetensors", "mesh.ply", "mesh.obj", "overlay.png", "landmarks.json", "report.json",
-                "loss_curve.png")
+# What a fit writes (the texture files, mesh.mtl and mesh.glb need a model with UVs; the
+# default model has them).
+OUTPUT_FILES = ("params.safetensors", "mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb", "texture.png", "albedo.png",
+                "overlay.png", "landmarks.json", "report.json", "loss_curve.png", "report.html")
+TEXTURE_JPEG_QUALITY = 92  # the report's and the GLB's copies of the textures
 
 
 def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, image: torch.Tensor,
-                      source: str, extra_report: dict | None = None) -> None:
-    """params, meshes, overlay, landmarks, report and loss curve; see ``morph fit --help``."""
+                      source: str, extra_report: dict | None = None, texture_size: int = TEXTURE_SIZE) -> None:
+    """params, meshes, textures (``texture_size``² texels), overlay, landmarks, report, loss curve and
+    report.html; see ``morph fit --help``."""
+    from PIL import Image
+
     p = result.params
+    model = model.to("cpu")
+    name = Path(source).name
     with atomic_directory(out_dir) as tmp:
         p.save(tmp / "params.safetensors",
                extra={"crop": result.crop.as_tensor(), "target_landmarks": result.target_landmarks,
@@ -30,12 +42,13 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
                          "crop": "origin_x, origin_y, scale, size: crop = scale * (original - origin)",
                          "model": model.metadata.get("name", ""), "source": source})
         with torch.no_grad():
-            vertices, albedo = model.to("cpu")(p.identity, p.expression, p.albedo)
+            vertices, albedo = model(p.identity, p.expression, p.albedo)
         save_mesh(tmp / "mesh.ply", vertices[0], model.triangles, albedo[0])
-        save_mesh(tmp / "mesh.obj", vertices[0], model.triangles, albedo[0])
         h, w = image.shape[1:]
-        rendered, coverage = render_in_original(model, p, result.crop, h, w)
-        write_png(tmp / "overlay.png", to_uint8(overlay(image, rendered[0], coverage[0])))
+        view = render_view(model, p, result.crop, h, w)
+        photo = to_uint8(image)
+        drawn = to_uint8(overlay(image, view.image[0].clamp(0, 1), (view.mask * view.attributes.clamp(0, 1))[0]))
+        write_png(tmp / "overlay.png", drawn)
         (tmp / "landmarks.json").write_text(json.dumps({
             "convention": "pixels, x right, y down, origin at the top-left corner of the top-left pixel",
             "fitted": result.fitted_landmarks.tolist(), "target": result.target_landmarks.tolist()}, indent=1))
@@ -53,4 +66,30 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
             **(extra_report or {}),
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
-        write_png(tmp / "loss_curve.png", loss_curve([(s.name, s.history) for s in result.stages]))
+        loss_png = encode_image(loss_curve(result.stages, f"Fitting losses: {name}"), fmt="PNG")
+        (tmp / "loss_curve.png").write_bytes(loss_png)
+
+        normals = render.vertex_normals(vertices, model.triangles)[0]
+        textures = {}
+        if model.uv is not None:
+            baked = bake(model, result.crop.pose_to_original(p), image, view.depth[0], view.mask[0], texture_size)
+            for file, texture in (("texture.png", baked.texture), ("albedo.png", baked.albedo)):
+                pixels = to_uint8(texture)
+                (tmp / file).write_bytes(encode_image(pixels, fmt="PNG"))
+                textures["photo" if file == "texture.png" else "albedo"] = encode_image(
+                    pixels, quality=TEXTURE_JPEG_QUALITY)
+            save_textured_mesh(tmp / "mesh.obj", vertices[0], model.triangles, model.uv, model.uv_triangles)
+            # glTF is in metres; the JPEG copy is embedded as it is (trimesh keeps a JPEG a JPEG).
+            scale = 1e-3 if model.metadata.get("units") == "mm" else 1.0
+            save_textured_mesh(tmp / "mesh.glb", vertices[0], model.triangles, model.uv, model.uv_triangles,
+                               texture=Image.open(io.BytesIO(textures["photo"])), normals=normals, scale=scale)
+            uv, uv_triangles = model.uv.numpy(), (model.uv_triangles if model.uv_triangles is not None
+                                                  else model.triangles).numpy()
+        else:  # no UVs: vertex colours only, the viewer shows the shape
+            save_mesh(tmp / "mesh.obj", vertices[0], model.triangles, albedo[0])
+            uv, uv_triangles = torch.zeros(model.num_vertices, 2).numpy(), model.triangles.numpy()
+        mesh = viewer_mesh(vertices[0].numpy(), normals.numpy(), model.triangles.numpy(), uv, uv_triangles)
+        files = sorted(f.name for f in tmp.iterdir()) + ["report.html"]
+        page = report_html(name, photo, drawn, result.target_landmarks.numpy(), result.fitted_landmarks.numpy(),
+                           mesh, textures, loss_png, report, files)
+        (tmp / "report.html").write_text(page, encoding="utf-8")

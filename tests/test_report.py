@@ -1,0 +1,270 @@
+"""What a fit leaves to look at: baked textures, textured meshes, report.html, the loss plot, the batch index."""
+
+import base64
+import json
+import math
+import re
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+import render
+from cli.crop import Crop
+from cli.fitting.optimise import FitResult, StageReport
+from cli.report import OUTPUT_FILES, bake, index_html, loss_figure, render_view, texel_table, write_fit_outputs
+from cli.report.texture import harmonic_fill
+from morphable import MorphableModel, Parameters, save_textured_mesh, split_seams
+from tests.synthetic import ellipsoid, make_model_tensors
+
+SIZE = 160  # photo side, pixels
+TEXELS = 256
+
+
+def uv_ellipsoid_model() -> MorphableModel:
+    """The synthetic ellipsoid with per-corner UVs: longitude -> u (seam at the back), latitude -> v."""
+    tensors, metadata = make_model_tensors(seed=0)
+    n_lat, n_lon = 24, 32
+    vertices, triangles = ellipsoid(n_lat, n_lon)
+    v = vertices.double()
+    longitude = torch.atan2(v[:, 0] / 75.0, v[:, 2] / 60.0)  # 0 at the front (+z), +-pi at the back
+    u = torch.remainder(longitude + math.pi + 1e-6, 2 * math.pi) / (2 * math.pi)  # the back column at u = 0
+    lat = 1 - torch.acos((v[:, 1] / 95.0).clamp(-1, 1)) / math.pi
+    corner_u = u[triangles]
+    # Triangles straddling the back seam: their corners at u ~ 0 belong at u ~ 1 on this side.
+    wraps = (corner_u.max(1).values - corner_u.min(1).values) > 0.5
+    corner_u = torch.where(wraps[:, None] & (corner_u < 0.5), corner_u + 1, corner_u)
+    # Poles: a corner at a pole takes the u of its triangle's other corners.
+    pole = (v[triangles][..., 0].abs() + v[triangles][..., 2].abs()) < 1e-6
+    others = torch.where(pole, torch.nan, corner_u).nanmean(1, keepdim=True).expand(-1, 3)
+    corner_u = torch.where(pole, others, corner_u)
+    corner_uv = torch.stack([corner_u, lat[triangles]], -1).reshape(-1, 2)
+    keys, inverse = torch.unique(torch.round(corner_uv * 1e6), dim=0, return_inverse=True)
+    uv = torch.zeros(len(keys), 2, dtype=torch.float64).index_copy(0, inverse, corner_uv)
+    tensors["uv"] = (0.02 + 0.96 * uv).float()  # a margin around the layout
+    tensors["uv_triangles"] = inverse.reshape(-1, 3)
+    return MorphableModel(tensors, metadata)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return uv_ellipsoid_model()
+
+
+def frontal(model, lighting=None, yaw=0.0) -> Parameters:
+    """The model facing the camera (turned by ``yaw`` radians), filling ~70 % of a SIZE² photo."""
+    p = Parameters.neutral(model.parameter_sizes, 1)
+    p.pose[:, 1] = yaw
+    p.pose[:, 3:5] = SIZE / 2
+    p.pose[:, 6] = 0.7 * SIZE / 190.0
+    if lighting is not None:
+        p.lighting[:] = lighting
+    return p
+
+
+def bake_photo(model, params, photo, size=TEXELS):
+    view = render_view(model, params, Crop(0.0, 0.0, 1.0, SIZE), SIZE, SIZE)
+    return bake(model, params, photo, view.depth[0], view.mask[0], size)
+
+
+def texel_values(image, table):
+    return image.reshape(image.shape[0], -1)[:, table.texels].T
+
+
+def test_visible_texels_take_the_photo_and_the_albedo_divides_by_the_shading(model):
+    lighting = torch.zeros(1, 27)
+    lighting[:, [0, 9, 18]] = 0.6
+    lighting[:, [2, 11, 20]] = 0.25  # light from the camera: shading varies over the face
+    params = frontal(model, lighting)
+    ys, xs = torch.meshgrid(torch.arange(SIZE) + 0.5, torch.arange(SIZE) + 0.5, indexing="ij")
+    photo = torch.stack([xs / SIZE, ys / SIZE, torch.full_like(xs, 0.5)])  # linear: bilinear sampling is exact
+    baked = bake_photo(model, params, photo)
+    table = texel_table(model, TEXELS)
+    with torch.no_grad():
+        vertices, _ = model()
+        normals = render.vertex_normals(vertices, model.triangles)[0]
+    points = table.at(vertices[0])
+    pixels = render.OrthographicCamera((SIZE, SIZE)).project(points[None], torch.eye(3)[None], params.translation,
+                                                            params.scale)[0]
+    expected = torch.stack([pixels[:, 0] / SIZE, pixels[:, 1] / SIZE, torch.full_like(pixels[:, 0], 0.5)], 1)
+    weight = texel_values(baked.photo_weight, table)[:, 0]
+    full = weight > 0.999
+    assert full.sum() > 0.1 * len(full)  # the middle of the front
+    torch.testing.assert_close(texel_values(baked.texture, table)[full], expected[full], atol=1e-4, rtol=0)
+    irradiance = render.sh_irradiance(torch.nn.functional.normalize(table.at(normals), dim=1)[None], lighting)[0]
+    torch.testing.assert_close(texel_values(baked.albedo, table)[full], (expected[full] / irradiance[full]).clamp(0, 1),
+                               atol=1e-4, rtol=0)
+    # The back of the ellipsoid faces away: nothing of it comes from the photo.
+    assert weight[points[:, 2] < -10].max() == 0
+
+
+def test_unseen_texels_are_filled_without_holes_or_seams(model):
+    colour = torch.tensor([0.6, 0.45, 0.35])
+    photo = colour[:, None, None].expand(3, SIZE, SIZE).clone()
+    baked = bake_photo(model, frontal(model), photo)  # neutral light: irradiance 0.8 everywhere
+    albedo = colour / 0.8
+    # Seen or not, on the islands or between them, the albedo is the photo's (the fill carries the
+    # photo - model difference over the back, where the model's albedo varies by +-0.05).
+    error = (baked.albedo - albedo[:, None, None]).abs()
+    assert error.mean() < 0.02 and error.max() < 0.1
+    assert baked.texture.min() > 0.1  # no black anywhere: no holes, nothing between islands
+    # Across the UV seam at the back (u = 0.02 and u = 0.98 are the same longitude) the texture agrees.
+    rows = slice(int(0.3 * TEXELS), int(0.7 * TEXELS))
+    left, right = baked.albedo[:, rows, int(0.02 * TEXELS) + 1], baked.albedo[:, rows, int(0.98 * TEXELS) - 2]
+    assert (left - right).abs().max() < 0.02
+
+
+def test_the_hidden_side_is_filled_from_the_mirrored_side():
+    model = MorphableModel.from_file("assets/morph_face.safetensors")
+    params = Parameters.neutral(model.parameter_sizes, 1)  # neutral light: irradiance 0.8 everywhere
+    params.pose[:, 1] = 1.0  # turned ~57 degrees: one side of the face turns away
+    params.pose[:, 3:5] = SIZE / 2
+    params.pose[:, 6] = 0.6 * SIZE / 190.0
+    ys, _ = torch.meshgrid(torch.arange(SIZE) + 0.5, torch.arange(SIZE) + 0.5, indexing="ij")
+    stripes = lambda y: 0.45 + 0.3 * torch.sin(y / 4)  # noqa: E731  (by image row)
+    photo = torch.stack([stripes(ys), torch.full_like(ys, 0.5), torch.full_like(ys, 0.4)])
+    baked = bake_photo(model, params, photo)
+    table = texel_table(model, TEXELS)
+    weight = texel_values(baked.photo_weight, table)[:, 0]
+    mirror_weight = torch.nn.functional.grid_sample(baked.photo_weight[None], table.mirror_uv[None, None],
+                                                    align_corners=False)[0, 0, 0]
+    hidden = (weight == 0) & (mirror_weight > 0.99) & table.mirror_ok
+    assert hidden.sum() > 500
+    # Turning about the vertical axis keeps a point and its mirror image on one image row, so a
+    # hidden texel filled from its mirror shows the stripe of its own row.
+    with torch.no_grad():
+        vertices, _ = model()
+    rotation = render.OrthographicCamera((SIZE, SIZE))
+    import kornia
+
+    r = kornia.geometry.conversions.axis_angle_to_rotation_matrix(params.rotation)
+    rows = rotation.project(table.at(vertices[0])[None], r, params.translation, params.scale)[0, :, 1]
+    expected = stripes(rows[hidden] - 0.5 + 0.5) / 0.8
+    error = (texel_values(baked.albedo, table)[hidden, 0] - expected).abs()
+    assert error.median() < 0.03 and error.quantile(0.9) < 0.1
+
+
+def test_harmonic_fill_keeps_known_values_and_spreads_them():
+    model = uv_ellipsoid_model()
+    table = texel_table(model, 64)
+    front = (model.shape_mean[:, 2:] > 0).float()
+    values = torch.tensor([[0.3, -0.2, 0.7]]).expand(model.num_vertices, 3)
+    filled = harmonic_fill(values * front, front, table)
+    torch.testing.assert_close(filled, values, atol=2e-3, rtol=0)  # a constant is harmonic
+    assert harmonic_fill(values, torch.zeros_like(front), table).abs().max() < 1e-6
+    height = model.shape_mean[:, 1:2]  # a varying field: the fill stays within the known range (maximum principle)
+    filled = harmonic_fill(height * front, front, table)
+    known = height[front[:, 0] > 0]
+    assert known.min() - 1e-3 <= filled.min() and filled.max() <= known.max() + 1e-3
+    error = (filled[front[:, 0] > 0] - known).abs()  # millimetres, of +-95: the known values are kept
+    assert error.median() < 0.5 and error.max() < 3.0
+
+
+def test_textured_meshes_round_trip(tmp_path, model):
+    with torch.no_grad():
+        vertices, _ = model(torch.randn(1, model.n_identity))
+    vertex, uv_index, split = split_seams(model.triangles, model.uv_triangles)
+    assert len(vertex) > model.num_vertices  # the seam and the poles are split
+    save_textured_mesh(tmp_path / "mesh.obj", vertices[0], model.triangles, model.uv, model.uv_triangles)
+    assert "map_Kd texture.png" in (tmp_path / "mesh.mtl").read_text()
+    obj = (tmp_path / "mesh.obj").read_text()
+    assert "mtllib mesh.mtl" in obj and obj.count("\nv ") == model.num_vertices  # vertex order kept
+    faces = np.array([[int(c.split("/")[0]) - 1 for c in line.split()[1:]] for line in obj.splitlines()
+                      if line.startswith("f ")])
+    np.testing.assert_array_equal(faces, model.triangles.numpy())
+    iio.imwrite(tmp_path / "texture.png", np.full((8, 8, 3), 200, np.uint8))
+    loaded = trimesh.load(tmp_path / "mesh.obj", process=False)
+    assert len(loaded.faces) == model.num_triangles
+    # trimesh splits the seam vertices as we do; each loaded vertex sits where its UV says.
+    theirs = torch.tensor(np.c_[loaded.vertices, loaded.visual.uv], dtype=torch.float64)
+    ours = torch.cat([vertices[0][torch.tensor(vertex)], model.uv[torch.tensor(uv_index)]], 1).double()
+    distance, match = torch.cdist(theirs, ours).min(1)
+    assert distance.max() < 1e-4 and len(set(match.tolist())) == len(ours)
+
+    from PIL import Image
+
+    image = Image.fromarray(np.linspace(0, 255, 16 * 16 * 3).astype(np.uint8).reshape(16, 16, 3))
+    save_textured_mesh(tmp_path / "mesh.glb", vertices[0], model.triangles, model.uv, model.uv_triangles,
+                       texture=image, scale=1e-3)
+    scene = trimesh.load(tmp_path / "mesh.glb", process=False)
+    glb = next(iter(scene.geometry.values()))
+    assert len(glb.vertices) == len(vertex) and len(glb.faces) == model.num_triangles
+    np.testing.assert_allclose(glb.vertices, vertices[0].numpy()[vertex] * 1e-3, atol=1e-6)
+    np.testing.assert_allclose(glb.visual.uv, model.uv.numpy()[uv_index], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(glb.visual.material.baseColorTexture.convert("RGB")), np.asarray(image))
+
+
+def fake_fit(model, params) -> FitResult:
+    with torch.no_grad():
+        vertices, _ = model(params.identity, params.expression)
+    camera = render.OrthographicCamera((SIZE, SIZE))
+    marks = camera.project(model.landmark_points(vertices), torch.eye(3)[None], params.translation, params.scale)[0]
+    stages = [StageReport("landmark", 3, 0.1, {"landmark": 1e-3, "total": 1.1e-3}, [3e-3, 2e-3, 1.1e-3],
+                          {"landmark": [2.9e-3, 1.9e-3, 1e-3], "prior": [1e-4, 1e-4, 1e-4]}),
+              StageReport("photometric", 2, 0.2, {"photometric": 0.5, "total": 0.6}, [0.9, 0.6],
+                          {"photometric": [0.8, 0.5], "landmark": [1e-3, 1e-3], "prior": [1e-4, 1e-4]})]
+    return FitResult(params, Crop(0.0, 0.0, 1.0, SIZE), marks + 0.5, marks, stages, 1.5, "torch", "cpu")
+
+
+@pytest.fixture(scope="module")
+def report_folder(tmp_path_factory, model):
+    folder = tmp_path_factory.mktemp("out") / "ellipsoid"
+    ys, xs = torch.meshgrid(torch.arange(SIZE) / SIZE, torch.arange(SIZE) / SIZE, indexing="ij")
+    photo = torch.stack([0.4 + 0.4 * xs, 0.3 + 0.3 * ys, torch.full_like(xs, 0.3)])
+    params = frontal(model)
+    write_fit_outputs(folder, fake_fit(model, params), model, photo, "faces/ellipsoid.png",
+                      {"landmark_nme_vs_input": {"bbox": 0.01, "outer_eye": 0.02}}, texture_size=TEXELS)
+    return folder
+
+
+def test_fit_outputs_are_all_written(report_folder, model):
+    assert sorted(p.name for p in report_folder.iterdir()) == sorted(OUTPUT_FILES)
+    for name in ("texture.png", "albedo.png"):
+        assert iio.imread(report_folder / name).shape == (TEXELS, TEXELS, 3)
+    assert "map_Kd texture.png" in (report_folder / "mesh.mtl").read_text()
+
+
+def test_report_html_is_self_contained(report_folder, model):
+    page = (report_folder / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    sources = re.findall(r'\bsrc="([^"]*)"', page)
+    assert sources and all(s.startswith("data:") for s in sources)
+    links = re.findall(r'\bhref="([^"]*)"', page)
+    assert set(links) <= set(OUTPUT_FILES)  # links only to the files beside it
+    assert "ellipsoid.png" in page and "2.00 %" in page  # the title and a number from report.json
+    mesh = json.loads(re.search(r'<script type="application/json" id="mesh-data">(.*?)</script>', page, re.S).group(1))
+    positions = np.frombuffer(base64.b64decode(mesh["positions"]), "<f4").reshape(-1, 3)
+    indices = np.frombuffer(base64.b64decode(mesh["indices"]), "<u2").reshape(-1, 3)
+    vertex, _, split = split_seams(model.triangles, model.uv_triangles)
+    assert positions.shape == (len(vertex), 3) and indices.max() < len(positions)
+    np.testing.assert_array_equal(indices, split)
+    assert set(mesh["textures"]) == {"photo", "albedo"} and all(u.startswith("data:image/jpeg;base64,")
+                                                               for u in mesh["textures"].values())
+    assert "morphViewer" in page and "getContext(\"webgl2\"" in page  # the viewer, inlined
+
+
+def test_loss_plot_explains_itself(model):
+    stages = fake_fit(model, frontal(model)).stages
+    fig = loss_figure(stages, "Fitting losses: ellipsoid.png")
+    (ax,) = fig.axes
+    assert "step" in ax.get_xlabel() and "loss" in ax.get_ylabel() and "log" in ax.get_ylabel()
+    assert ax.get_yscale() == "log" and "ellipsoid.png" in ax.get_title()
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"total", "landmark", "prior", "photometric"}
+    boundaries = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert boundaries == [2.5]  # between the 3 landmark steps and the photometric ones
+    assert {t.get_text().strip() for t in ax.texts} == {"landmark (3)", "photometric (2)"}
+
+
+def test_index_lists_every_image_and_its_failure(report_folder):
+    report = json.loads((report_folder / "report.json").read_text())
+    page = index_html([
+        {"name": "ellipsoid.png", "link": "ellipsoid/report.html", "thumbnail": b"\xff\xd8", "report": report,
+         "error": None},
+        {"name": "blank.png", "link": None, "thumbnail": None, "report": None,
+         "error": "blank.png: no face found"}])
+    assert "1 of 2 images fitted" in page
+    assert 'href="ellipsoid/report.html"' in page and "2.00 %" in page
+    assert "failed" in page and "blank.png: no face found" in page
+    assert "http://" not in page and "https://" not in page
