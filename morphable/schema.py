@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors.torch import save, save_file
 
 from .atomic import atomic_path
 
@@ -241,13 +242,11 @@ def read_unvalidated(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, metadata
 
 
-def _safetensors_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, memoryview]:
-    """(canonical header with its length prefix, the data section as a view: no copy of the data)."""
-    raw = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    n = int.from_bytes(raw[:8], "little")
-    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes
-    return len(header).to_bytes(8, "little") + header, memoryview(raw)[8 + n:]
+def _canonical_header(header: bytes) -> bytes:
+    """A safetensors JSON header with sorted keys, padded to 8 bytes, with its length prefix."""
+    text = json.dumps(json.loads(header), sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    return len(text).to_bytes(8, "little") + text
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -255,20 +254,28 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
     safetensors itself writes the metadata in hash-map order, which changes from run to run.
     """
-    head, data = _safetensors_parts(tensors, metadata)
-    return head + data
+    raw = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    return _canonical_header(raw[8:8 + n]) + memoryview(raw)[8 + n:]
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path) -> None:
-    """Write a safetensors file through a temporary file + rename, so a crash leaves no partial file.
+    """Write :func:`safetensors_bytes` through a temporary file + rename, so a crash leaves no partial file.
 
-    The bytes are those of :func:`safetensors_bytes`, written in two parts so that a large model
-    is not copied again in memory.
+    safetensors streams the data to a scratch file beside it, whose header is then replaced by
+    the canonical one: a large model is never held twice more in memory as one buffer.
     """
-    head, data = _safetensors_parts(tensors, metadata)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(head)
-        f.write(data)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        scratch = tmp.with_name(tmp.name + ".data")
+        try:
+            save_file(tensors, str(scratch), metadata=metadata)
+            with open(scratch, "rb") as src, open(tmp, "wb") as dst:
+                n = int.from_bytes(src.read(8), "little")
+                dst.write(_canonical_header(src.read(n)))
+                shutil.copyfileobj(src, dst, 1 << 24)
+        finally:
+            scratch.unlink(missing_ok=True)
 
 def write_model_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path,
                      float_dtype: torch.dtype = torch.float32) -> None:
