@@ -65,9 +65,9 @@ def split_seams(triangles, uv_triangles) -> tuple[np.ndarray, np.ndarray, np.nda
         and the triangles over the new vertices. Vertices off any seam appear once.
     """
     triangles, uv_triangles = _as_numpy(triangles).astype(np.int64), _as_numpy(uv_triangles).astype(np.int64)
-    pairs = np.stack([triangles.reshape(-1), uv_triangles.reshape(-1)], 1)
-    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
-    return unique[:, 0], unique[:, 1], inverse.reshape(-1, 3)
+    stride = int(uv_triangles.max()) + 1 if uv_triangles.size else 1
+    keys, inverse = np.unique(triangles.reshape(-1) * stride + uv_triangles.reshape(-1), return_inverse=True)
+    return keys // stride, keys % stride, inverse.reshape(-1, 3)
 
 
 def _obj_text(vertices: np.ndarray, triangles: np.ndarray, uv: np.ndarray, uv_triangles: np.ndarray,

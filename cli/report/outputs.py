@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,13 +29,23 @@ TEXTURE_JPEG_QUALITY = 92  # the report's and the GLB's copies of the textures
 def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, image: torch.Tensor,
                       source: str, extra_report: dict | None = None, texture_size: int = TEXTURE_SIZE) -> None:
     """params, meshes, textures (``texture_size``² texels), overlay, landmarks, report, loss curve and
-    report.html; see ``morph fit --help``."""
+    report.html; see ``morph fit --help``.
+
+    Files that need nothing more are encoded and written by two worker threads while the main
+    thread bakes the textures (the image encoders release the GIL while they work).
+    """
     from PIL import Image
 
     p = result.params
     model = model.to("cpu")
     name = Path(source).name
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = []
+
+        def later(function, *args, **kwargs):
+            jobs.append(pool.submit(function, *args, **kwargs))
+            return jobs[-1]
+
         p.save(tmp / "params.safetensors",
                extra={"crop": result.crop.as_tensor(), "target_landmarks": result.target_landmarks,
                       "fitted_landmarks": result.fitted_landmarks},
@@ -43,12 +54,13 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
                          "model": model.metadata.get("name", ""), "source": source})
         with torch.no_grad():
             vertices, albedo = model(p.identity, p.expression, p.albedo)
-        save_mesh(tmp / "mesh.ply", vertices[0], model.triangles, albedo[0])
+        loss_png = later(lambda: encode_image(loss_curve(result.stages, f"Fitting losses: {name}"), fmt="PNG"))
+        later(save_mesh, tmp / "mesh.ply", vertices[0], model.triangles, albedo[0])
         h, w = image.shape[1:]
         view = render_view(model, p, result.crop, h, w)
         photo = to_uint8(image)
         drawn = to_uint8(overlay(image, view.image[0].clamp(0, 1), (view.mask * view.attributes.clamp(0, 1))[0]))
-        write_png(tmp / "overlay.png", drawn)
+        later(write_png, tmp / "overlay.png", drawn)
         (tmp / "landmarks.json").write_text(json.dumps({
             "convention": "pixels, x right, y down, origin at the top-left corner of the top-left pixel",
             "fitted": result.fitted_landmarks.tolist(), "target": result.target_landmarks.tolist()}, indent=1))
@@ -66,30 +78,30 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
             **(extra_report or {}),
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
-        loss_png = encode_image(loss_curve(result.stages, f"Fitting losses: {name}"), fmt="PNG")
-        (tmp / "loss_curve.png").write_bytes(loss_png)
 
         normals = render.vertex_normals(vertices, model.triangles)[0]
         textures = {}
         if model.uv is not None:
             baked = bake(model, result.crop.pose_to_original(p), image, view.depth[0], view.mask[0], texture_size)
-            for file, texture in (("texture.png", baked.texture), ("albedo.png", baked.albedo)):
+            for file, key, texture in (("texture.png", "photo", baked.texture), ("albedo.png", "albedo", baked.albedo)):
                 pixels = to_uint8(texture)
-                (tmp / file).write_bytes(encode_image(pixels, fmt="PNG"))
-                textures["photo" if file == "texture.png" else "albedo"] = encode_image(
-                    pixels, quality=TEXTURE_JPEG_QUALITY)
-            save_textured_mesh(tmp / "mesh.obj", vertices[0], model.triangles, model.uv, model.uv_triangles)
-            # glTF is in metres; the JPEG copy is embedded as it is (trimesh keeps a JPEG a JPEG).
+                later(lambda f, x: (tmp / f).write_bytes(encode_image(x, fmt="PNG")), file, pixels)
+                textures[key] = encode_image(pixels, quality=TEXTURE_JPEG_QUALITY)
+            later(save_textured_mesh, tmp / "mesh.obj", vertices[0], model.triangles, model.uv, model.uv_triangles)
+            # glTF is in metres; the JPEG copy is embedded (trimesh writes a JPEG as a JPEG).
             scale = 1e-3 if model.metadata.get("units") == "mm" else 1.0
-            save_textured_mesh(tmp / "mesh.glb", vertices[0], model.triangles, model.uv, model.uv_triangles,
-                               texture=Image.open(io.BytesIO(textures["photo"])), normals=normals, scale=scale)
+            later(save_textured_mesh, tmp / "mesh.glb", vertices[0], model.triangles, model.uv, model.uv_triangles,
+                  texture=Image.open(io.BytesIO(textures["photo"])), normals=normals, scale=scale)
             uv, uv_triangles = model.uv.numpy(), (model.uv_triangles if model.uv_triangles is not None
                                                   else model.triangles).numpy()
         else:  # no UVs: vertex colours only, the viewer shows the shape
-            save_mesh(tmp / "mesh.obj", vertices[0], model.triangles, albedo[0])
+            later(save_mesh, tmp / "mesh.obj", vertices[0], model.triangles, albedo[0])
             uv, uv_triangles = torch.zeros(model.num_vertices, 2).numpy(), model.triangles.numpy()
         mesh = viewer_mesh(vertices[0].numpy(), normals.numpy(), model.triangles.numpy(), uv, uv_triangles)
+        (tmp / "loss_curve.png").write_bytes(loss_png.result())
+        for job in jobs:
+            job.result()  # a failed write fails the image before its folder appears
         files = sorted(f.name for f in tmp.iterdir()) + ["report.html"]
         page = report_html(name, photo, drawn, result.target_landmarks.numpy(), result.fitted_landmarks.numpy(),
-                           mesh, textures, loss_png, report, files)
+                           mesh, textures, loss_png.result(), report, files)
         (tmp / "report.html").write_text(page, encoding="utf-8")

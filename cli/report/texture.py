@@ -12,7 +12,8 @@ Baking, vectorised (no loop over texels or vertices):
    is computed on the mesh, so it is continuous across UV seams: hidden vertices are grown by
    ``FEATHER_MM`` and the edge blurred over as much again; texels interpolate it and drop
    out exactly where they are hidden.
-3. The albedo is the photo divided by the fitted SH irradiance (clamped to [0, 1]).
+3. The albedo is the photo divided by the fitted SH irradiance (clamped to [0, 1]; the
+   irradiance is evaluated at the vertices and interpolated, as the renderer shades).
 4. Where the photo gives little, the mirrored side of the face (sampled at the mirror
    point's UV) fills in; where neither does, the fitted albedo model, corrected by the
    difference photo - model spread smoothly over the mesh from where it is known (a
@@ -38,7 +39,7 @@ from morphable import MorphableModel, Parameters
 from ..scene import rotation_matrix
 
 TEXTURE_SIZE = 1024
-FACING = (0.15, 0.55)  # normal·view: below the first no photo (grazing), above the second full weight
+FACING = (0.25, 0.6)  # normal·view: below the first no photo (grazing), above the second full weight
 DEPTH_TOLERANCE = 3.0  # model units (mm): how far behind the depth buffer a point still counts as seen
 FEATHER_MM = 6.0  # model units: hidden parts grow by this, then their edge fades over as much again
 SMOOTHNESS = 0.1  # the harmonic fill's smoothness weight against the known values (lower: closer to them)
@@ -76,9 +77,8 @@ class TexelTable:
 
     def image(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """``[T,C]`` -> ``[C,S,S]`` image, ``fill`` off the UV islands."""
-        out = values.new_full((self.size * self.size, values.shape[1]), fill)
-        out[self.texels] = values
-        return out.T.reshape(-1, self.size, self.size)
+        out = values.new_full((values.shape[1], self.size * self.size), fill)
+        return out.index_copy_(1, self.texels, values.T).reshape(-1, self.size, self.size)
 
 
 _TABLES: "weakref.WeakKeyDictionary[MorphableModel, dict]" = weakref.WeakKeyDictionary()
@@ -233,7 +233,7 @@ def harmonic_fill(values: torch.Tensor, weight: torch.Tensor, table: TexelTable,
     z = r / diagonal
     p = z.clone()
     rz = (r * z).sum(0)
-    target = 1e-8 * (r * r).sum(0).clamp_min(1e-30)  # residual down 1e4: far below a grey level
+    target = 1e-8 * (r * r).sum(0).clamp_min(1e-30)  # residual down 1e4: fills within 1/255 of converged
     for _ in range(iterations):
         ap = apply(p)
         alpha = rz / (p * ap).sum(0).clamp_min(1e-30)
@@ -248,14 +248,16 @@ def harmonic_fill(values: torch.Tensor, weight: torch.Tensor, table: TexelTable,
     return x
 
 
-def pull_push(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def pull_push(values: torch.Tensor, weight: torch.Tensor, premultiplied: bool = False) -> torch.Tensor:
     """Fill ``values [C,S,S]`` where ``weight [1,S,S]`` (in [0, 1]) is low from a pyramid of weighted means.
 
     Each level halves the resolution (weighted means); going back up, a texel keeps its own
     value in proportion to its weight and takes the bilinearly upsampled coarser fill for the
     rest (the pull-push of Gortler et al. 1996). Smooth, and costs a few image passes.
+    ``premultiplied``: ``values`` are already 0 where the weight is (a 0/1 weight): saves a pass.
     """
-    levels = [(F.avg_pool2d((values * weight)[None], 2, ceil_mode=True)[0], F.avg_pool2d(weight[None], 2, ceil_mode=True)[0])]
+    num = values if premultiplied else values * weight
+    levels = [(F.avg_pool2d(num[None], 2, ceil_mode=True)[0], F.avg_pool2d(weight[None], 2, ceil_mode=True)[0])]
     while min(levels[-1][1].shape[-2:]) > 1:
         num, den = levels[-1]
         levels.append((F.avg_pool2d(num[None], 2, ceil_mode=True)[0], F.avg_pool2d(den[None], 2, ceil_mode=True)[0]))
@@ -313,14 +315,15 @@ def bake(model: MorphableModel, params: Parameters, image: torch.Tensor, depth: 
         known_v = weight_v + (1 - weight_v) * mirror_w
         combined = (weight_v * albedo_seen_v + (1 - weight_v) * mirror_w * albedo_seen_v[table.mirror])
         combined = combined / known_v.clamp_min(1e-6)
-        correction_v = harmonic_fill(combined - model_albedo_v, known_v, table)
+        # Only well-seen points steer the fill: grazing ones mix in the background beyond the
+        # silhouette, and their albedo (divided by a small irradiance) is the least certain.
+        correction_v = harmonic_fill(combined - model_albedo_v, _smoothstep(known_v, 0.5, 1.0), table)
 
-        # At the texels: one gather of everything per vertex.
-        at = table.at(torch.cat([vertices, normals, model_albedo_v, weight_v, correction_v], 1))
-        points, normal, model_albedo = at[:, :3], F.normalize(at[:, 3:6], dim=1), at[:, 6:9]
+        # At the texels: one gather of everything per vertex (the irradiance too: it is smooth).
+        at = table.at(torch.cat([vertices, irradiance_v, model_albedo_v, weight_v, correction_v], 1))
+        points, irradiance, model_albedo = at[:, :3], at[:, 3:6], at[:, 6:9]
         photo, seen = look(points)
         weight = at[:, 9] * seen
-        irradiance = render.sh_irradiance(normal[None], params.lighting)[0].clamp_min(MIN_IRRADIANCE)
         photo_albedo = (photo / irradiance).clamp(0, 1)
         # The mirrored side at full resolution: this texture's own photo albedo at the mirror point.
         sampled = _sample(table.image(torch.cat([photo_albedo * weight[:, None], weight[:, None]], 1)), table.mirror_uv)
@@ -337,7 +340,7 @@ def bake(model: MorphableModel, params: Parameters, image: torch.Tensor, depth: 
         floor = irradiance[well_seen].median(0).values * UNSEEN_LIGHT if well_seen.any() else irradiance.new_zeros(3)
         colour = torch.lerp(albedo * torch.maximum(irradiance, floor), photo, weight[:, None]).clamp(0, 1)
 
-        filled = pull_push(table.image(torch.cat([colour, albedo], 1)), table.covered)
+        filled = pull_push(table.image(torch.cat([colour, albedo], 1)), table.covered, premultiplied=True)
     return Baked(filled[:3].clamp(0, 1), filled[3:].clamp(0, 1), table.image(weight[:, None]), table.covered)
 
 
