@@ -6,6 +6,7 @@ import math
 import re
 
 import imageio.v3 as iio
+import kornia
 import numpy as np
 import pytest
 import torch
@@ -123,7 +124,10 @@ def test_the_hidden_side_is_filled_from_the_mirrored_side():
     params.pose[:, 3:5] = SIZE / 2
     params.pose[:, 6] = 0.6 * SIZE / 190.0
     ys, _ = torch.meshgrid(torch.arange(SIZE) + 0.5, torch.arange(SIZE) + 0.5, indexing="ij")
-    stripes = lambda y: 0.45 + 0.3 * torch.sin(y / 4)  # noqa: E731  (by image row)
+
+    def stripes(y):  # by image row
+        return 0.45 + 0.3 * torch.sin(y / 4)
+
     photo = torch.stack([stripes(ys), torch.full_like(ys, 0.5), torch.full_like(ys, 0.4)])
     baked = bake_photo(model, params, photo)
     table = texel_table(model, TEXELS)
@@ -136,12 +140,10 @@ def test_the_hidden_side_is_filled_from_the_mirrored_side():
     # hidden texel filled from its mirror shows the stripe of its own row.
     with torch.no_grad():
         vertices, _ = model()
-    rotation = render.OrthographicCamera((SIZE, SIZE))
-    import kornia
-
-    r = kornia.geometry.conversions.axis_angle_to_rotation_matrix(params.rotation)
-    rows = rotation.project(table.at(vertices[0])[None], r, params.translation, params.scale)[0, :, 1]
-    expected = stripes(rows[hidden] - 0.5 + 0.5) / 0.8
+    rotation = kornia.geometry.conversions.axis_angle_to_rotation_matrix(params.rotation)
+    camera = render.OrthographicCamera((SIZE, SIZE))
+    rows = camera.project(table.at(vertices[0])[None], rotation, params.translation, params.scale)[0, :, 1]
+    expected = stripes(rows[hidden]) / 0.8  # pixel centres are at +0.5: the photo's value at y is stripes(y)
     error = (texel_values(baked.albedo, table)[hidden, 0] - expected).abs()
     assert error.median() < 0.03 and error.quantile(0.9) < 0.1
 
@@ -165,7 +167,7 @@ def test_harmonic_fill_keeps_known_values_and_spreads_them():
 def test_textured_meshes_round_trip(tmp_path, model):
     with torch.no_grad():
         vertices, _ = model(torch.randn(1, model.n_identity))
-    vertex, uv_index, split = split_seams(model.triangles, model.uv_triangles)
+    vertex, uv_index, _ = split_seams(model.triangles, model.uv_triangles)
     assert len(vertex) > model.num_vertices  # the seam and the poles are split
     save_textured_mesh(tmp_path / "mesh.obj", vertices[0], model.triangles, model.uv, model.uv_triangles)
     assert "map_Kd texture.png" in (tmp_path / "mesh.mtl").read_text()
@@ -234,7 +236,7 @@ def test_report_html_is_self_contained(report_folder, model):
     links = re.findall(r'\bhref="([^"]*)"', page)
     assert set(links) <= set(OUTPUT_FILES)  # links only to the files beside it
     assert "ellipsoid.png" in page and "2.00 %" in page  # the title and a number from report.json
-    mesh = json.loads(re.search(r'<script type="application/json" id="mesh-data">(.*?)</script>', page, re.S).group(1))
+    mesh = json.loads(re.search(r'<script type="application/json" id="mesh-data">(.*?)</script>', page, re.DOTALL).group(1))
     positions = np.frombuffer(base64.b64decode(mesh["positions"]), "<f4").reshape(-1, 3)
     indices = np.frombuffer(base64.b64decode(mesh["indices"]), "<u2").reshape(-1, 3)
     vertex, _, split = split_seams(model.triangles, model.uv_triangles)

@@ -103,8 +103,8 @@ class DevTools:
     def close(self):
         try:
             self.send("Browser.close", session=False, timeout=10)
-        except Exception:
-            pass
+        except (RuntimeError, TimeoutError, OSError):
+            pass  # it is going away anyway; the wait below ends it
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -1,7 +1,8 @@
 """HTML reports that open from disk with no network: ``report.html`` for one fit (photo,
-overlay, landmarks, a 3D viewer of the textured mesh, loss curve, numbers) and ``index.html``
-for a batch. Everything is inlined: images as ``data:`` URIs, the mesh as base64 arrays, the
-viewer (``viewer.js``, written for morph) as a script."""
+overlay, landmarks, a 3D viewer of the textured mesh, loss curve, numbers; the template is
+``report.html`` beside this file) and ``index.html`` for a batch. Everything is inlined:
+images as ``data:`` URIs, the mesh as base64 arrays, the viewer (``viewer.js``, written for
+morph) as a script."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import io
 import json
 from importlib import resources
 from pathlib import Path
+from string import Template
 
 import numpy as np
 
@@ -61,19 +63,25 @@ def viewer_mesh(vertices: np.ndarray, normals: np.ndarray, triangles: np.ndarray
         uv_triangles = triangles
     vertex, uv_index, split = split_seams(triangles, uv_triangles)
     wide = len(vertex) >= 2**16
-    b64 = lambda a: base64.b64encode(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()).decode()  # noqa: E731
-    return {"positions": b64(vertices[vertex].astype(np.float32)), "normals": b64(normals[vertex].astype(np.float32)),
-            "uvs": b64(uv[uv_index].astype(np.float32)),
-            "indices": b64(split.astype(np.uint32 if wide else np.uint16)), "index_type": "uint32" if wide else "uint16"}
+
+    def b64(array: np.ndarray, dtype: str) -> str:  # little-endian, as typed arrays read it
+        return base64.b64encode(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
+
+    return {"positions": b64(vertices[vertex], "f4"), "normals": b64(normals[vertex], "f4"), "uvs": b64(uv[uv_index], "f4"),
+            "indices": b64(split, "u4" if wide else "u2"), "index_type": "uint32" if wide else "uint16"}
 
 
-def _viewer_script() -> str:
-    return resources.files("cli.report").joinpath("viewer.js").read_text(encoding="utf-8")
+def _resource(name: str) -> str:
+    """A file shipped beside this module (``report.html``, ``viewer.js``)."""
+    return resources.files("cli.report").joinpath(name).read_text(encoding="utf-8")
 
 
 def _landmark_svg(target: np.ndarray, fitted: np.ndarray, width: int, height: int) -> str:
     r = max(width, height) * 0.005
-    dots = lambda points: "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}"/>' for x, y in points)  # noqa: E731
+
+    def dots(points):
+        return "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}"/>' for x, y in points)
+
     return (f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" aria-label="landmarks">'
             f'<g id="lm-target" fill="none" stroke="#27d35a" stroke-width="{r * 0.6:.1f}">{dots(target)}</g>'
             f'<g id="lm-fitted" fill="#ff3b3b">{dots(fitted)}</g></svg>')
@@ -84,10 +92,10 @@ def _figures(report: dict) -> list[tuple[str, str]]:
     rows = []
     nme = report.get("landmark_nme_vs_input") or {}
     if nme:
-        rows.append(("landmark NME vs input", f"{100 * nme.get('outer_eye', float('nan')):.2f} % outer-eye, "
-                                               f"{100 * nme.get('bbox', float('nan')):.2f} % bbox"))
-    rows.append(("fit time", f"{report.get('seconds', float('nan')):.2f} s on {report.get('device', '?')} "
-                             f"({report.get('backend', '?')} rasteriser)"))
+        rows.append(("landmark NME vs input", (f"{100 * nme.get('outer_eye', float('nan')):.2f} % outer-eye, "
+                                               f"{100 * nme.get('bbox', float('nan')):.2f} % bbox")))
+    rows.append(("fit time", (f"{report.get('seconds', float('nan')):.2f} s on {report.get('device', '?')} "
+                              f"({report.get('backend', '?')} rasteriser)")))
     if "landmarks_source" in report:
         rows.append(("landmarks from", f"{report['landmarks_source']}" + (
             f", {report['faces_found']} face(s) found" if "faces_found" in report else "")))
@@ -113,60 +121,34 @@ def _stage_table(report: dict) -> str:
 
 def report_html(name: str, photo: np.ndarray, overlay: np.ndarray, target: np.ndarray, fitted: np.ndarray,
                 mesh: dict, textures: dict[str, bytes], loss_png: bytes, report: dict, files: list[str]) -> str:
-    """The page for one fit.
+    """The page for one fit (the template ``report.html`` beside this file, filled in).
 
     Args:
         name: the image's file name (the title).
         photo, overlay: ``[H,W,3]`` uint8, the photo and the fit drawn over it.
         target, fitted: ``[68,2]`` landmarks in the photo's pixels.
         mesh: :func:`viewer_mesh`'s arrays.
-        textures: viewer mode name (``photo``, ``albedo``) -> JPEG/PNG bytes of the texture.
+        textures: viewer mode name (``photo``, ``albedo``) -> JPEG bytes of the texture.
         loss_png: the loss curve; report: ``report.json``'s content; files: the folder's files.
     """
     h, w = photo.shape[:2]
+    escape = html.escape
     mesh = dict(mesh, textures={k: data_uri(v, "image/jpeg") for k, v in textures.items()})
-    figures = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _figures(report))
-    links = " · ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>' for f in files)
-    summary = " · ".join(v for _, v in _figures(report)[:2])
-    photo_uri = data_uri(encode_image(photo, max_side=PHOTO_MAX_SIDE), "image/jpeg")
-    overlay_uri = data_uri(encode_image(overlay, max_side=PHOTO_MAX_SIDE), "image/jpeg")
-    modes = "".join(f'<button data-mode="{m}">{m}</button>' for m in [*textures, "shape"])
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>morph fit: {html.escape(name)}</title><style>{STYLE}</style></head>
-<body>
-<header><h1>morph fit: {html.escape(name)}</h1><p>{html.escape(summary)}</p></header>
-<main>
-<div class="panels">
-<figure><div class="stack"><img src="{photo_uri}" alt="the photo" width="{w}" height="{h}">
-<img class="layer" id="overlay" src="{overlay_uri}" alt="the fit drawn over the photo">
-{_landmark_svg(target, fitted, w, h)}</div>
-<figcaption><label><input type="checkbox" id="show-overlay"> fitted face over the photo</label>
-<label><input type="checkbox" id="show-target" checked> <span style="color:#1d9a46">&#9675;</span> input landmarks</label>
-<label><input type="checkbox" id="show-fitted" checked> <span style="color:#e02b2b">&#9679;</span> fitted landmarks</label></figcaption></figure>
-<figure><canvas id="viewer" aria-label="3D view of the textured mesh"></canvas>
-<figcaption>Drag to turn, wheel to zoom, double-click to reset.
-<button data-view="0,0">front</button><button data-view="45,0">45°</button><button data-view="90,0">profile</button>
-<button data-view="0,-35">from below</button> texture: {modes}</figcaption></figure>
-</div>
-<section><h2>Losses</h2><figure><img src="{data_uri(loss_png, "image/png")}" alt="loss curve" style="max-width:100%"></figure></section>
-<section><h2>Numbers</h2><table>{figures}</table><p></p>{_stage_table(report)}
-<details><summary>report.json</summary><pre>{html.escape(json.dumps(report, indent=1))}</pre></details></section>
-<section><h2>Textures</h2><p>{"".join(f'<img data-texture="{k}" alt="{k} texture" title="{k}" style="width:256px;margin-right:12px">' for k in textures)}</p></section>
-</main>
-<footer><p>Files in this folder: {links}</p></footer>
-<script type="application/json" id="mesh-data">{json.dumps(mesh)}</script>
-<script>
-for (const [box, target] of [["show-target", "lm-target"], ["show-fitted", "lm-fitted"], ["show-overlay", "overlay"]]) {{
-  const toggle = () => {{ document.getElementById(target).style.display = document.getElementById(box).checked ? "" : "none"; }};
-  document.getElementById(box).addEventListener("change", toggle);
-  toggle();
-}}
-for (const img of document.querySelectorAll("img[data-texture]")) img.src = JSON.parse(document.getElementById("mesh-data").textContent).textures[img.dataset.texture];
-</script>
-<script>{_viewer_script()}</script>
-</body></html>
-"""
+    page = Template(_resource("report.html"))
+    return page.substitute(
+        name=escape(name), style=STYLE, width=w, height=h,
+        summary=escape(" · ".join(v for _, v in _figures(report)[:2])),
+        photo=data_uri(encode_image(photo, max_side=PHOTO_MAX_SIDE), "image/jpeg"),
+        overlay=data_uri(encode_image(overlay, max_side=PHOTO_MAX_SIDE), "image/jpeg"),
+        landmarks=_landmark_svg(target, fitted, w, h),
+        modes="".join(f'<button data-mode="{m}">{m}</button>' for m in [*textures, "shape"]),
+        loss_curve=data_uri(loss_png, "image/png"),
+        figures="".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _figures(report)),
+        stages=_stage_table(report), report_json=escape(json.dumps(report, indent=1)),
+        texture_images="".join(f'<img data-texture="{k}" alt="{k} texture" title="{k}" '
+                               f'style="width:256px;margin-right:12px">' for k in textures),
+        links=" · ".join(f'<a href="{escape(f)}">{escape(f)}</a>' for f in files),
+        mesh=json.dumps(mesh), viewer=_resource("viewer.js"))
 
 
 def index_html(entries: list[dict]) -> str:

@@ -81,7 +81,7 @@ class TexelTable:
         return out.index_copy_(1, self.texels, values.T).reshape(-1, self.size, self.size)
 
 
-_TABLES: "weakref.WeakKeyDictionary[MorphableModel, dict]" = weakref.WeakKeyDictionary()
+_TABLES: weakref.WeakKeyDictionary[MorphableModel, dict] = weakref.WeakKeyDictionary()
 
 
 def texel_table(model: MorphableModel, size: int = TEXTURE_SIZE) -> TexelTable:
