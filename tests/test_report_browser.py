@@ -43,7 +43,9 @@ class DevTools:
             os.dup2(reading, 3)
             os.dup2(writing, 4)
 
-        flags = ["--headless", "--no-sandbox", "--remote-debugging-pipe", "--use-gl=swiftshader",
+        # Software WebGL through ANGLE's SwiftShader. (--use-gl=swiftshader alone makes Chromium 150's
+        # GPU process exit at start-up; the page then loses its WebGL context now and then.)
+        flags = ["--headless", "--no-sandbox", "--remote-debugging-pipe", "--use-gl=angle", "--use-angle=swiftshader",
                  "--enable-unsafe-swiftshader", "--window-size=1280,1000", "--hide-scrollbars",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-default-apps", "--disable-extensions", "--no-first-run", "--no-default-browser-check",
@@ -160,13 +162,16 @@ def test_the_report_draws_the_face_in_3d_offline(report_page, scratch):
         browser.send("Network.emulateNetworkConditions",
                      {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
         browser.send("Page.navigate", {"url": report_page.as_uri()})
-        browser.wait_for("document.readyState === 'complete' && window.morphViewer && morphViewer.state.ready")
+        browser.wait_for("document.readyState === 'complete' && window.morphViewer && morphViewer.state.ready"
+                         " && [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        browser.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")  # painted
         assert browser.evaluate("morphViewer.state.error || ''") == ""
         box = browser.evaluate("(() => { const r = document.getElementById('viewer').getBoundingClientRect();"
                                " return {x: r.x + scrollX, y: r.y + scrollY, width: r.width, height: r.height}; })()")
         assert box["width"] > 200 and box["height"] > 200
         front = browser.screenshot(box)
-        browser.evaluate("morphViewer.setView(45, 0)")
+        browser.evaluate("morphViewer.setView(45, 0);"
+                         "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         turned = browser.screenshot(box)
         if os.environ.get("MORPH_SCREENSHOTS"):  # to look at them: a folder to write them into
             iio.imwrite(Path(os.environ["MORPH_SCREENSHOTS"]) / "viewer_front.png", front)
@@ -183,6 +188,8 @@ def test_the_report_draws_the_face_in_3d_offline(report_page, scratch):
         # Turning the view changes what is drawn.
         changed = np.abs(front.astype(int) - turned.astype(int)).sum(-1) > 30
         assert changed.mean() > 0.05
+
+        assert browser.evaluate("morphViewer.state.error || ''") == ""  # the WebGL context was not lost
 
         # Nothing was fetched from the network: every request is the file itself or inline data.
         urls = [e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"]

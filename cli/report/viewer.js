@@ -162,6 +162,10 @@
       redraw();
     }, { passive: false });
     canvas.addEventListener("dblclick", () => { Object.assign(state, { yaw: 0, pitch: 0, zoom: 1 }); redraw(); });
+    canvas.addEventListener("webglcontextlost", () => {  // e.g. the browser's GPU process went away
+      state.error = "the WebGL context was lost; reload the page";
+      canvas.insertAdjacentHTML("afterend", `<p class="error">3D view: ${state.error}</p>`);
+    });
     window.addEventListener("hashchange", () => { fromAddress(); redraw(); });
     window.addEventListener("resize", redraw);
 
