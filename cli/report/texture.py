@@ -30,6 +30,7 @@ import warnings
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,8 +61,8 @@ class TexelTable:
     #                          grid_sample positions in the top-down texture ([-1, 1], y down)
     mirror_ok: torch.Tensor  # [T] bool: the texel's triangle has a mirror triangle
     mirror: torch.Tensor  # [N] each vertex's mirror vertex
-    adjacency: torch.Tensor  # sparse CSR [N,N]: 1 between vertices sharing an edge
-    degree: torch.Tensor  # [N,1] neighbours per vertex
+    edges: np.ndarray  # [E,2] every mesh edge, both ways
+    degree: np.ndarray  # [N,1] neighbours per vertex
     rings: int  # edge rings in FEATHER_MM
 
     @property
@@ -158,14 +159,14 @@ def _make_table(model: MorphableModel, size: int) -> TexelTable:
     n = model.num_vertices
     edges = torch.cat([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
     edges = torch.unique(torch.cat([edges, edges.flip(1)]), dim=0)
-    degree = torch.bincount(edges[:, 0], minlength=n).float()[:, None]
     length = (model.shape_mean.cpu()[edges[:, 0]] - model.shape_mean.cpu()[edges[:, 1]]).norm(dim=1).mean()
     rings = int(min(20, max(1, round(FEATHER_MM / float(length)))))
     rows = torch.arange(len(texels)).repeat_interleave(3)
     interpolation = _csr(torch.stack([rows, tri[face].reshape(-1)]), bary.reshape(-1), (len(texels), n))
-    adjacency = _csr(edges.T, torch.ones(len(edges)), (n, n))
-    return TexelTable(size, texels, tri[face], bary, interpolation, texel_mirror, found[face], mirror, adjacency,
-                      degree, rings)
+    edges = edges.numpy()
+    degree = np.bincount(edges[:, 0], minlength=n)[:, None].astype(np.float64)
+    return TexelTable(size, texels, tri[face], bary, interpolation, texel_mirror, found[face], mirror, edges, degree,
+                      rings)
 
 
 def _csr(indices: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
@@ -196,54 +197,59 @@ def _sample(image: torch.Tensor, xy_norm: torch.Tensor, mode: str = "bilinear") 
     return out[0, :, 0].T
 
 
-def _neighbour_sum(values: torch.Tensor, table: TexelTable) -> torch.Tensor:
+# The mesh-level steps below work on [N,C] float64 numpy arrays: a few thousand numbers per step,
+# where torch's thread pool costs more than it saves (and stalls when the CPU is shared).
+def _neighbour_sum(values: np.ndarray, table: TexelTable) -> np.ndarray:
     """``[N,C]`` -> per vertex, the sum over its neighbours."""
-    return torch.sparse.mm(table.adjacency, values)
+    rows, cols = table.edges[:, 0], table.edges[:, 1]
+    n = len(table.degree)
+    return np.stack([np.bincount(rows, weights=values[cols, c], minlength=n) for c in range(values.shape[1])], 1)
 
 
-def _grow(mask: torch.Tensor, table: TexelTable, rings: int) -> torch.Tensor:
+def _grow(mask: np.ndarray, table: TexelTable, rings: int) -> np.ndarray:
     """``[N,1]`` 0/1 per vertex, grown by ``rings`` edge rings over the mesh."""
     for _ in range(rings):
-        mask = torch.maximum(mask, (_neighbour_sum(mask, table) > 0).float())
+        mask = np.maximum(mask, (_neighbour_sum(mask, table) > 0).astype(mask.dtype))
     return mask
 
 
-def _smooth(values: torch.Tensor, table: TexelTable, times: int) -> torch.Tensor:
+def _smooth(values: np.ndarray, table: TexelTable, times: int) -> np.ndarray:
     """``[N,C]`` averaged with the neighbours ``times`` times (each vertex and its ring, equally)."""
     for _ in range(times):
         values = (values + _neighbour_sum(values, table)) / (table.degree + 1)
     return values
 
 
-def harmonic_fill(values: torch.Tensor, weight: torch.Tensor, table: TexelTable, iterations: int = 300) -> torch.Tensor:
-    """``values [N,C]`` known with ``weight [N,1]`` in [0, 1] -> a smooth field over the whole mesh.
+def harmonic_fill(values, weight, table: TexelTable, iterations: int = 300) -> np.ndarray:
+    """``values [N,C]`` known with ``weight [N,1]`` in [0, 1] -> a smooth field ``[N,C]`` over the whole mesh.
 
     Minimises sum_v weight_v |x_v - values_v|² + SMOOTHNESS sum_edges |x_a - x_b|² (+ a tiny pull
     to 0, so the problem is well posed without any known vertex): where nothing is known, x is
     harmonic (each vertex the mean of its neighbours). Conjugate gradients with a diagonal
-    (Jacobi) preconditioner on the normal equations.
+    (Jacobi) preconditioner on the normal equations. Arrays or tensors in, a float64 array out.
     """
+    values, weight = np.asarray(values, dtype=np.float64), np.asarray(weight, dtype=np.float64)
     diagonal = weight + SMOOTHNESS * table.degree + 1e-6
 
     def apply(x):
-        return diagonal * x - SMOOTHNESS * torch.sparse.mm(table.adjacency, x)
+        return diagonal * x - SMOOTHNESS * _neighbour_sum(x, table)
 
-    x = torch.zeros_like(values)
+    x = np.zeros_like(values)
     r = weight * values
     z = r / diagonal
-    p = z.clone()
+    p = z.copy()
     rz = (r * z).sum(0)
-    target = 1e-8 * (r * r).sum(0).clamp_min(1e-30)  # residual down 1e4: fills within 1/255 of converged
+    target = 1e-8 * np.maximum((r * r).sum(0), 1e-30)  # residual down 1e4: fills within 1/255 of converged
     for _ in range(iterations):
         ap = apply(p)
-        alpha = rz / (p * ap).sum(0).clamp_min(1e-30)
-        x = x + alpha * p
-        r = r - alpha * ap
-        if bool(((r * r).sum(0) <= target).all()):
+        alpha = rz / np.maximum((p * ap).sum(0), 1e-30)
+        x += alpha * p
+        r -= alpha * ap
+        if ((r * r).sum(0) <= target).all():
             break
         z = r / diagonal
         rz_new = (r * z).sum(0)
-        p = z + (rz_new / rz.clamp_min(1e-30)) * p
+        p = z + (rz_new / np.maximum(rz, 1e-30)) * p
         rz = rz_new
     return x
 
@@ -305,19 +311,21 @@ def bake(model: MorphableModel, params: Parameters, image: torch.Tensor, depth: 
         # On the mesh: photo weights (feathered), the mirrored side, and the smooth correction
         # of the model's albedo towards the photo.
         photo_v, seen_v = look(vertices)
-        facing_v = _smoothstep(normals[:, 2:], *FACING)
-        hidden = _grow(((~seen_v[:, None]) & (facing_v > 0)).float(), table, table.rings)
-        weight_v = facing_v * (1 - torch.maximum(_smooth(hidden, table, table.rings**2), hidden))
-        weight_v = torch.minimum(weight_v, _smooth(weight_v, table, table.rings**2))  # soften steep falls (creases)
+        facing_v = _smoothstep(normals[:, 2:], *FACING).double().numpy()
+        hidden = _grow(((~seen_v[:, None]).numpy() & (facing_v > 0)).astype(np.float64), table, table.rings)
+        weight_v = facing_v * (1 - np.maximum(_smooth(hidden, table, table.rings**2), hidden))
+        weight_v = np.minimum(weight_v, _smooth(weight_v, table, table.rings**2))  # soften steep falls (creases)
         irradiance_v = render.sh_irradiance(normals[None], params.lighting)[0].clamp_min(MIN_IRRADIANCE)
-        albedo_seen_v = (photo_v / irradiance_v).clamp(0, 1)
-        mirror_w = weight_v[table.mirror]
+        albedo_seen_v = (photo_v / irradiance_v).clamp(0, 1).double().numpy()
+        mirror_w = weight_v[table.mirror.numpy()]
         known_v = weight_v + (1 - weight_v) * mirror_w
-        combined = (weight_v * albedo_seen_v + (1 - weight_v) * mirror_w * albedo_seen_v[table.mirror])
-        combined = combined / known_v.clamp_min(1e-6)
+        combined = weight_v * albedo_seen_v + (1 - weight_v) * mirror_w * albedo_seen_v[table.mirror.numpy()]
+        combined = combined / np.maximum(known_v, 1e-6)
         # Only well-seen points steer the fill: grazing ones mix in the background beyond the
         # silhouette, and their albedo (divided by a small irradiance) is the least certain.
-        correction_v = harmonic_fill(combined - model_albedo_v, _smoothstep(known_v, 0.5, 1.0), table)
+        steer = _smoothstep(torch.from_numpy(known_v), 0.5, 1.0).numpy()
+        correction_v = harmonic_fill(combined - model_albedo_v.double().numpy(), steer, table)
+        weight_v, correction_v = (torch.from_numpy(a).float() for a in (weight_v, correction_v))
 
         # At the texels: one gather of everything per vertex (the irradiance too: it is smooth).
         at = table.at(torch.cat([vertices, irradiance_v, model_albedo_v, weight_v, correction_v], 1))
