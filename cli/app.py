@@ -14,7 +14,7 @@ from morphable import MESH_FORMATS, MorphableModel, Parameters, save_mesh
 
 from .errors import USER_ERRORS, InputError, fail, one_line, report, reported_errors
 from .fitting import FitConfig, FitDiverged
-from .options import device_option, model_option, resolve_device
+from .options import check_detector, detector_option, device_option, model_option, resolve_device, threshold_option
 from .training.commands import register as register_training_commands
 
 app = typer.Typer(
@@ -72,8 +72,10 @@ def info(model: Path = ModelArg) -> None:
         ("masks", ", ".join(n for n in ("skin_mask", "face_mask") if getattr(m, n) is not None) or "none"),
         ("uv", "no" if m.uv is None else f"{m.uv.shape[0]} coordinates, "
                 + ("per triangle corner" if m.uv_triangles is not None else "per vertex")),
-        ("dense landmarks", f"{m.num_dense_landmarks} ({meta.get('dense_landmarks')})" if m.num_dense_landmarks
-         else "none"),
+        ("dense landmarks", f"{m.num_dense_landmarks} ({meta.get('dense_landmarks')}"
+         + (f"; {int((m.dense_weights > 0).sum())} with weight > 0" if m.dense_weights is not None else "") + ")"
+         if m.num_dense_landmarks else "none"),
+        ("coarse triangles", m.coarse_triangles.shape[0] if m.coarse_triangles is not None else "none"),
         ("units", meta.get("units")),
         ("albedo colour space", meta.get("albedo_colour_space")),
         ("licence", meta.get("licence")),
@@ -128,8 +130,16 @@ def fit_command(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders of images.", show_default=False),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; each image gets OUT/<stem>/."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", "-l",
-                                             help="68 landmarks for a single image (.pts 1-based, .json, .npy); "
-                                                  "default: dlib detection."),
+                                             help="68 landmarks for a single image (.pts 1-based, .json, .npy) "
+                                                  "instead of detection."),
+    jaw: str = typer.Option("outline", "--jaw", help="Where the jaw of a --landmarks file lies: outline (the "
+                            "visible outline, as 300-W annotates) or 3d (fixed surface points, as AFLW2000-3D)."),
+    detector: str = detector_option(),
+    faces: str = typer.Option("all", "--faces", help="all: every face found (several: OUT/<stem>/face_<k>/, "
+                              "k = 0 for the largest); largest: only the largest."),
+    threshold: float = threshold_option(),
+    robust: bool = typer.Option(True, "--robust/--no-robust", help="Geman-McClure landmark loss: a wrong point "
+                                "pulls with a bounded force (--no-robust: plain least squares)."),
     model: Optional[Path] = ModelOption,
     network: Optional[Path] = typer.Option(None, "--network", "-n",
                                            help="Start from this trained network's prediction (morph train) "
@@ -141,10 +151,12 @@ def fit_command(
 ) -> None:
     """Fit the face model to photos: params, textured meshes, textures, overlay, landmarks, report.
 
-    Writes OUT/<stem>/params.safetensors, mesh.obj (+ mesh.mtl, textured), mesh.glb, mesh.ply,
-    texture.png, albedo.png, overlay.png, landmarks.json, report.json, loss_curve.png and
+    Every face of a photo is fitted (--faces all): one face writes OUT/<stem>/, several write
+    OUT/<stem>/face_<k>/ (k = 0 for the largest). Each holds params.safetensors, mesh.obj
+    (+ mesh.mtl, textured), mesh.glb, mesh.ply, texture.png, albedo.png, overlay.png,
+    landmarks.json (fitted 68 points in both jaw conventions), report.json, loss_curve.png and
     report.html (open it in a browser: photo, landmarks, 3D view, losses); with several images
-    also OUT/index.html. A failed image leaves nothing behind.
+    also OUT/index.html. A failed image leaves nothing behind; a failed face leaves the others.
 
     Example: morph fit assets/astronaut.png --out out/
     """
@@ -152,10 +164,17 @@ def fit_command(
 
     from .defaults import load_model
     from .files import collect_images
-    from .fitting import fit_and_write
+    from .fitting import fit_faces
+    from .fitting.pipeline import FACE_CHOICES
+    from .fitting.landmarks import CONVENTIONS
 
     with reported_errors():
         dev = resolve_device(device)
+        check_detector(detector)
+        if faces not in FACE_CHOICES:
+            raise InputError(f"--faces {faces!r}: use one of {', '.join(FACE_CHOICES)}")
+        if jaw not in CONVENTIONS:
+            raise InputError(f"--jaw {jaw!r}: use one of {', '.join(CONVENTIONS)}")
         paths = collect_images(images)
         if not paths:
             raise InputError("no images found in " + ", ".join(map(str, images)))
@@ -168,24 +187,44 @@ def fit_command(
 
             start_network = ParameterRegressor.from_file(network, face_model).to(dev)
     config = _config(resolution, steps, landmark_steps)
+    if not robust:
+        config.robust = None
     failures, results = [], []  # results: (image, error line or None), for the index
-    per_image = config.landmark_steps + config.photometric_steps
+    per_face = config.landmark_steps + config.photometric_steps
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=True, disable=None) as bar:
-        task = bar.add_task("fitting", total=len(paths) * per_image)
-        for k, path in enumerate(paths):
-            bar.update(task, description=f"fitting {path.name}", completed=k * per_image)
+        task = bar.add_task("fitting", total=len(paths) * per_face)
+        done_steps = 0
+        for path in paths:
+            bar.update(task, description=f"fitting {path.name}", completed=done_steps)
+
+            def found(n, done=done_steps):  # n faces: this image's share of the bar grows to n fits
+                bar.update(task, total=bar.tasks[0].total + (n - 1) * per_face, completed=done)
+
             try:
-                result, prepared = fit_and_write(path, out, face_model, config, dev, landmarks,
-                                                 progress=lambda: bar.advance(task), network=start_network)
+                outcomes = fit_faces(path, out, face_model, config, dev, landmarks, progress=lambda: bar.advance(task),
+                                     network=start_network, detector=detector, threshold=threshold, faces=faces,
+                                     jaw=jaw, on_found=found)
             except (*USER_ERRORS, FitDiverged) as exc:
                 failures.append(path)
                 results.append((path, one_line(exc)))
                 report(one_line(exc))
+                done_steps = int(bar.tasks[0].completed)
                 continue
+            done_steps = int(bar.tasks[0].completed)
             results.append((path, None))
-            note = f" ({prepared.faces_found} faces found, used the largest)" if prepared.faces_found > 1 else ""
-            typer.echo(f"{path}: fitted in {result.seconds:.1f} s -> {out / path.stem}{note}")
+            fitted = [o for o in outcomes if o.error is None]
+            for o in outcomes:
+                if o.error:
+                    report(o.error)
+            found_count = outcomes[0].prepared.faces_found
+            if len(outcomes) == 1:
+                note = f" ({found_count} faces found, fitted the largest)" if found_count > 1 else ""
+                typer.echo(f"{path}: fitted in {fitted[0].result.seconds:.1f} s -> {fitted[0].out_dir}{note}")
+            else:
+                seconds = sum(o.result.seconds for o in fitted)
+                typer.echo(f"{path}: {len(fitted)} of {len(outcomes)} faces fitted in {seconds:.1f} s -> "
+                           f"{out / path.stem}/face_<k>")
     done = len(paths) - len(failures)
     if len(paths) > 1:
         from .report import write_index
@@ -203,16 +242,20 @@ def fit_command(
 def eval_command(
     folder: Path = typer.Argument(..., help="Folder of images with .pts ground truth beside them.", show_default=False),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    detector: str = detector_option(),
     model: Optional[Path] = ModelOption,
     device: str = DeviceOption,
     steps: int = StepsOption,
     landmark_steps: int = LandmarkStepsOption,
     resolution: int = ResolutionOption,
 ) -> None:
-    """Fit every annotated image in a folder; NME of the fit and of dlib against the ground truth.
+    """Fit every annotated image in a folder; NME of the fit and of the detector against the ground truth.
 
-    NME is reported with the AFLW2000-3D normalisation (sqrt of the ground-truth bounding-box
-    area) and the 300-W one (outer-eye-corner distance). .pts files are read as 1-based.
+    The fitted 68 points are compared in both jaw conventions: "fit 3d" keeps the model's
+    fixed jaw vertices (as AFLW2000-3D annotates), "fit outline" puts the jaw on the visible
+    outline (as 300-W annotates); the detector's own points are compared too. NME is reported
+    with the AFLW2000-3D normalisation (sqrt of the ground-truth bounding-box area) and the
+    300-W one (outer-eye-corner distance). .pts files are read as 1-based.
 
     Example: morph eval ../shared/data/faces --json eval.json
     """
@@ -222,31 +265,31 @@ def eval_command(
 
     with reported_errors():
         dev = resolve_device(device)
+        check_detector(detector)
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder")
         face_model = load_model(model)
     config = _config(resolution, steps, landmark_steps)
-    header = f"{'image':18s} {'fit bbox':>9s} {'dlib bbox':>9s} {'fit eye':>8s} {'dlib eye':>8s} {'sec':>6s}"
-    typer.echo(header)
+    names = (("fit", "fit 3d"), ("fit_outline", "fit outline"), ("detector", detector))
+    typer.echo(f"{'':18s} {'bbox-NME':^32s} {'outer-eye NME':^32s}")
+    typer.echo(f"{'image':18s} " + " ".join(f"{label:>10s}" for _, label in names) + "  "
+               + " ".join(f"{label:>10s}" for _, label in names) + f" {'sec':>6s}")
+
+    def line(label, values):
+        return (f"{label:18s} " + " ".join(f"{100 * values[f'{k}_nme_bbox']:9.2f}%" for k, _ in names) + "  "
+                + " ".join(f"{100 * values[f'{k}_nme_outer_eye']:9.2f}%" for k, _ in names)
+                + f" {values['seconds']:6.1f}")
 
     def show(row):
-        if "error" in row:
-            typer.echo(f"{row['image']:18s} {row['error']}")
-        else:
-            typer.echo(f"{row['image']:18s} {100 * row['fit_nme_bbox']:8.2f}% {100 * row['dlib_nme_bbox']:8.2f}% "
-                       f"{100 * row['fit_nme_outer_eye']:7.2f}% {100 * row['dlib_nme_outer_eye']:7.2f}% "
-                       f"{row['seconds']:6.1f}")
+        typer.echo(f"{row['image']:18s} {row['error']}" if "error" in row else line(row["image"], row))
 
     with reported_errors():
-        results = evaluate(folder, face_model, config, dev, on_image=show)
+        results = evaluate(folder, face_model, config, dev, on_image=show, detector=detector)
     if not results["images"]:
         raise fail(f"{folder}: no images with .pts landmarks")
-    m = results["mean"]
-    if m:
-        typer.echo(f"{'mean (' + str(results['evaluated']) + ')':18s} {100 * m['fit_nme_bbox']:8.2f}% "
-                   f"{100 * m['dlib_nme_bbox']:8.2f}% {100 * m['fit_nme_outer_eye']:7.2f}% "
-                   f"{100 * m['dlib_nme_outer_eye']:7.2f}% {m['seconds']:6.1f}")
-    typer.echo(f"{results['evaluated']} evaluated, {results['failed']} without a detected face")
+    if results["mean"]:
+        typer.echo(line(f"mean ({results['evaluated']})", results["mean"]))
+    typer.echo(f"{results['evaluated']} evaluated, {results['failed']} without a detected face (detector {detector})")
     if json_out:
         with reported_errors():
             write_json(json_out, results)

@@ -27,3 +27,25 @@ def model_option():
 
 def device_option():
     return typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")
+
+
+DETECTOR_HELP = ("Face detector: mediapipe (default: MediaPipe's face detector and 468-point mesh, Apache-2.0, "
+                 "run in PyTorch) or dlib (HOG + 68-point predictor, extra .[dlib]; the predictor is trained on "
+                 "iBUG 300-W, whose licence excludes commercial use).")
+
+
+def detector_option():
+    return typer.Option("mediapipe", "--detector", help=DETECTOR_HELP)
+
+
+def threshold_option():
+    return typer.Option(0.5, "--threshold", min=0.0, max=1.0,
+                        help="Minimum detection score for a face (MediaPipe; dlib uses its own).")
+
+
+def check_detector(detector: str) -> str:
+    from .detect import DETECTORS
+
+    if detector not in DETECTORS:
+        raise InputError(f"--detector {detector!r}: use one of {', '.join(DETECTORS)}")
+    return detector

@@ -16,6 +16,8 @@ from torch import nn
 import render
 from morphable import MorphableModel, Parameters
 
+from .contour import JAW, contour_lines, image_outward, select_contour
+
 DETAILS = ("full", "coarse")
 
 
@@ -64,7 +66,10 @@ class FaceScene(nn.Module):
     ``forward(params)`` returns the prediction dict of :mod:`losses.terms`: ``landmarks
     [B,68,2]`` (crop pixels), ``image [B,3,H,W]``, ``mask [B,1,H,W]`` (coverage x the model's
     skin mask), ``coverage [B,1,H,W]`` and the parameter groups. :meth:`landmarks` alone
-    evaluates only the 68 landmark vertices.
+    evaluates only the 68 landmark vertices; :meth:`dense_landmarks` the model's dense
+    embedding (a detector's points, e.g. MediaPipe's 468) and :meth:`outline_landmarks` the 68
+    with the jaw on the visible outline (:mod:`cli.contour`), each from only the vertex rows
+    it needs.
     """
 
     def __init__(self, model: MorphableModel, resolution: int, backend: str | None = None, detail: str = "full"):
@@ -87,7 +92,17 @@ class FaceScene(nn.Module):
         self.renderer = render.Renderer(triangles, backend=backend)
         self.register_buffer("skin", skin.to(torch.float32)[None, :, None], persistent=False)
         self.landmark_rows = VertexRows(model, model.landmarks)
+        if model.dense_triangles is not None:
+            corners = model.triangles[model.dense_triangles]  # [P,3]
+            rows, corner_rows = torch.unique(corners, return_inverse=True)
+            self.dense_rows = VertexRows(model, rows)
+            self.register_buffer("dense_corners", corner_rows, persistent=False)
+            self.register_buffer("dense_barycentrics", model.dense_barycentrics.clone(), persistent=False)
+        else:
+            self.dense_rows = None
+        self._contour = None  # built at first use
 
+    # -- landmarks ---------------------------------------------------------------------------
     def project(self, points: torch.Tensor, params: Parameters) -> torch.Tensor:
         """Model-space points ``[B,P,3]`` -> crop pixels ``[B,P,2]``."""
         return self.camera.project(points, rotation_matrix(params), params.translation, params.scale)
@@ -95,6 +110,59 @@ class FaceScene(nn.Module):
     def landmarks(self, params: Parameters) -> torch.Tensor:
         """The model's 68 landmarks in crop pixels ``[B,68,2]`` (only their vertices are evaluated)."""
         return self.project(self.landmark_rows.shape(params.identity, params.expression), params)
+
+    @property
+    def has_dense(self) -> bool:
+        return self.dense_rows is not None
+
+    def dense_landmarks(self, params: Parameters, with_facing: bool = False):
+        """The dense landmarks in crop pixels ``[B,P,2]`` (barycentric in their triangles).
+
+        ``with_facing``: also return ``[B,P]``, the cosine between each point's triangle normal
+        and the direction towards the camera (> 0: turned towards it), without gradient.
+        """
+        if self.dense_rows is None:
+            raise ValueError(f"model '{self.model.metadata.get('name')}' has no dense landmark embedding")
+        rows = self.dense_rows.shape(params.identity, params.expression)  # [B,R,3]
+        corners = rows[:, self.dense_corners]  # [B,P,3,3]
+        points = (corners * self.dense_barycentrics[None, :, :, None]).sum(2)
+        pixels = self.project(points, params)
+        if not with_facing:
+            return pixels
+        with torch.no_grad():
+            normal = torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0])
+            towards = rotation_matrix(params)[:, 2]  # the camera's +z in model space: [B,3]
+            facing = (torch.nn.functional.normalize(normal, dim=-1) * towards[:, None]).sum(-1)
+        return pixels, facing
+
+    def _contour_setup(self):
+        if self._contour is None:
+            model = self.model
+            mean = model.shape_mean
+            normals = render.vertex_normals(mean[None], model.triangles)[0]
+            jaw = model.landmarks[list(JAW)]
+            lines, directions = contour_lines(mean.cpu(), normals.cpu(), mean[jaw].cpu(),
+                                              mean[model.landmarks[27:31]].mean(0).cpu(), jaw.cpu())
+            rows, index = torch.unique(lines, return_inverse=True)
+            self._contour = (VertexRows(model, rows.to(mean.device)).to(mean.device), index.to(mean.device),
+                             directions.to(mean.device))
+        return self._contour
+
+    def contour(self, params: Parameters, choice: torch.Tensor | None = None):
+        """The 17 jaw points on the visible outline under the pose of ``params``: (``[B,17,2]`` crop
+        pixels, the chosen sample of each contour line ``[B,17]``). ``choice`` fixes the samples
+        (e.g. kept for a few steps) instead of choosing them anew."""
+        rows, index, directions = self._contour_setup()
+        pixels = self.project(rows.shape(params.identity, params.expression), params)[:, index]  # [B,17,L,2]
+        if choice is None:
+            choice = select_contour(pixels, image_outward(directions, rotation_matrix(params)))
+        picked = torch.gather(pixels, 2, choice[:, :, None, None].expand(-1, -1, 1, 2))[:, :, 0]
+        return picked, choice
+
+    def outline_landmarks(self, params: Parameters) -> torch.Tensor:
+        """The 68 landmarks with the jaw (0-16) on the visible outline, crop pixels ``[B,68,2]``."""
+        fixed = self.landmarks(params)
+        return torch.cat([self.contour(params)[0], fixed[:, 17:]], 1)
 
     def forward(self, params: Parameters) -> dict[str, torch.Tensor]:
         if self.rows is None:

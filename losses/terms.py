@@ -3,11 +3,12 @@
 Every loss is an ``nn.Module`` with a ``name``, called as ``loss(prediction, target)`` on two
 dicts of tensors, so fitting and training share them. Keys (B = batch):
 
-prediction: ``landmarks [B,68,2]`` pixels; ``image [B,3,H,W]`` in [0,1]; ``mask [B,1,H,W]``
-    (where the photometric loss counts: rendered coverage x the model's skin mask);
+prediction: ``landmarks [B,P,2]`` pixels (P = 68, or a detector's dense points); ``image [B,3,H,W]``
+    in [0,1]; ``mask [B,1,H,W]`` (where the photometric loss counts: rendered coverage x the
+    model's skin mask);
     coefficient groups ``identity``, ``expression``, ``albedo`` ``[B,K]``, ``lighting [B,27]``.
-target: ``landmarks [B,68,2]`` pixels; ``image [B,3,H,W]``; optional ``landmark_weights
-    [B,68]`` (e.g. zero for points a detector could not see); for :class:`ParameterLoss`,
+target: ``landmarks [B,P,2]`` pixels; ``image [B,3,H,W]``; optional ``landmark_weights
+    [B,P]`` (e.g. zero for points a detector could not see); for :class:`ParameterLoss`,
     ground-truth groups ``identity``, ``expression``, ``albedo`` ``[B,K]`` with
     ``parameter_weights [B]`` (1 where a sample has ground truth, 0 where not).
 
@@ -73,28 +74,52 @@ def deep3d_landmark_weights() -> torch.Tensor:
     return w
 
 
+ROBUST = (None, "geman-mcclure")
+
+
 class LandmarkLoss(Loss):
-    """Weighted mean squared distance of 68 landmarks, in pixels², divided by ``scale²``.
+    """Weighted mean of per-point squared distances (or their robust version), in pixels², divided by ``scale²``.
 
     Args:
-        weights: ``[68]`` per-point weights (default all ones; see :func:`deep3d_landmark_weights`).
+        weights: ``[P]`` per-point weights (default all ones; see :func:`deep3d_landmark_weights`).
         scale: pixels per unit of the loss (e.g. the image size, to make it resolution-free).
+        robust: None (squared distance) or ``"geman-mcclure"``: ``c² d² / (d² + c²)``, which is
+            d² for distances well below ``c`` and levels off at c² beyond it, so one wrong point
+            pulls with a bounded force (Geman & McClure 1987).
+        robust_scale: ``c`` in pixels.
+
+    Predicted and target points are ``[B,P,2]`` (P = 68 for the iBUG points, or a detector's
+    dense points); ``target["landmark_weights"] [B,P]`` multiplies the weights.
     """
 
     name = "landmark"
 
-    def __init__(self, weights: torch.Tensor | None = None, scale: float = 1.0):
+    def __init__(self, weights: torch.Tensor | None = None, scale: float = 1.0, robust: str | None = None,
+                 robust_scale: float = 4.0):
         super().__init__()
-        self.register_buffer("weights", torch.ones(NUM_LANDMARKS) if weights is None else weights.float())
+        if robust not in ROBUST:
+            raise ValueError(f"robust must be one of {ROBUST}, got {robust!r}")
+        if not robust_scale > 0:
+            raise ValueError(f"robust_scale must be > 0, got {robust_scale}")
+        self.register_buffer("weights", None if weights is None else weights.float())
         self.scale = float(scale)
+        self.robust, self.robust_scale = robust, float(robust_scale)
 
     def forward(self, prediction: dict, target: dict) -> torch.Tensor:
         pred, gt = prediction["landmarks"], target["landmarks"]
-        w = self.weights.to(pred.dtype).expand(pred.shape[0], -1)
+        if self.weights is None:
+            w = torch.ones_like(pred[..., 0])
+        elif self.weights.shape[0] != pred.shape[1]:
+            raise ValueError(f"{self.weights.shape[0]} landmark weights for {pred.shape[1]} points")
+        else:
+            w = self.weights.to(pred.dtype).expand(pred.shape[0], -1)
         if "landmark_weights" in target:
             w = w * target["landmark_weights"]
-        sq = ((pred - gt) ** 2).sum(-1) / self.scale**2
-        return (w * sq).sum() / w.sum().clamp_min(1e-12)
+        sq = ((pred - gt) ** 2).sum(-1)
+        if self.robust == "geman-mcclure":
+            c2 = self.robust_scale**2
+            sq = c2 * sq / (sq + c2)
+        return (w * sq / self.scale**2).sum() / w.sum().clamp_min(1e-12)
 
 
 class PhotometricLoss(Loss):

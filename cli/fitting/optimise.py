@@ -6,6 +6,12 @@ does) -> landmark stage (pose, identity, expression; L-BFGS) -> photometric stag
 five groups; landmark + photometric + priors; Adam) -> results in crop and in
 original-image coordinates. The face is rendered by :class:`cli.scene.FaceScene`, the
 same call the trainer makes.
+
+The landmark term (:mod:`.landmarks`) uses a detector's dense points where the model embeds
+them (MediaPipe's 468 in the default model), else the 68 points with the jaw on the model's
+outline (2-D annotations, dlib) or on its fixed jaw vertices (3-D convention). Its
+pose-dependent correspondences are refreshed between rounds of the landmark stage and every
+``refresh_every`` photometric steps. Results carry both conventions of the fitted 68 points.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from morphable import MorphableModel, Parameters
 from ..crop import CROP_SCALE, Crop, crop_image, make_crop
 from ..scene import FaceScene
 from .closed_form import closed_form_init
+from .landmarks import LandmarkInput, LandmarkTerm, dense_usable
 
 
 class FitDiverged(RuntimeError):
@@ -42,6 +49,22 @@ class FitConfig:
     # turned head, not the fixed jaw vertices of the model).
     landmark_sigma_px: float | None = None
     jaw_weight: float | None = None
+    # Dense points (a detector's mesh, when the model embeds it): their noise sigma in crop
+    # pixels (sets the priors as above) and whether points turned away from the camera count less.
+    dense_sigma_px: float = 2.0
+    visibility: bool = True
+    # With dense points, the detector's outline points (MediaPipe's face oval, which slides with
+    # the visible outline) join the dense term with this weight each, free to slide along the
+    # model's outline (see cli.fitting.landmarks).
+    outline_weight: float = 1.0
+    # Robust landmark loss: None or "geman-mcclure" with its scale in crop pixels (a point
+    # farther off than this pulls with a bounded force).
+    robust: str | None = "geman-mcclure"
+    robust_scale_px: float = 10.0
+    # The landmark stage runs in rounds (contour and visibility refreshed between them); the
+    # photometric stage refreshes them every refresh_every steps.
+    landmark_rounds: int = 3
+    refresh_every: int = 10
     # Loss weights (landmark loss in crop pixels / resolution, i.e. resolution-free).
     w_landmark: float = 1.0
     w_photometric: float = 0.01
@@ -61,6 +84,7 @@ class FitConfig:
 # these settings put the fitted landmarks closer to the ground truth than dlib's own).
 # "annotation": landmarks given in a file, taken as accurate model correspondences.
 LANDMARK_SOURCES = {"detector": (2.0, 0.05), "annotation": (0.5, 1.0)}
+ROBUST_START_PASSES = 2  # reweighted closed-form solves when the loss is robust
 
 
 @dataclass
@@ -86,6 +110,11 @@ class FitResult:
     crop_image: torch.Tensor | None = None
     crop_render: torch.Tensor | None = None
     crop_mask: torch.Tensor | None = None
+    # The fitted 68 with the jaw on the visible outline under the fitted pose (the 2-D
+    # annotation convention of 300-W / dlib); fitted_landmarks keep the model's fixed jaw
+    # vertices (3-D convention, as AFLW2000-3D). [68,2] original pixels.
+    fitted_outline: torch.Tensor | None = None
+    landmark_mode: str = "3d"  # what the landmark term compared: "dense", "outline" or "3d"
 
 
 def _closed_form_start(model, landmarks, weights, sigma, config, device) -> Parameters:
@@ -127,12 +156,16 @@ def _check_finite(loss: torch.Tensor, variables: _Variables, stage: str, step: i
         raise FitDiverged(f"fitting diverged (NaN/inf) in the {stage} stage at step {step}")
 
 
-def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam"):
+def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam", rounds=1,
+               refresh=None, refresh_every=0):
     """Minimise ``loss_fn`` over ``groups`` of ``variables``.
 
     ``"lbfgs"`` (strong-Wolfe line search) suits the small, smooth landmark problem and
     converges to sub-pixel accuracy; ``"adam"`` with a cosine-decayed learning rate copes
     with the photometric loss, whose gradients are noisier.
+    ``refresh()`` (optional) re-chooses pose-dependent correspondences: before each of
+    ``rounds`` L-BFGS runs sharing the ``steps`` (a fresh optimiser each, as the objective
+    changed), or every ``refresh_every`` Adam steps.
     """
     history, term_history = [], {}
     start = time.perf_counter()
@@ -149,24 +182,33 @@ def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, m
         return total
 
     if method == "lbfgs":
-        optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, max_eval=steps, history_size=20,
-                                      tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+        rounds = max(1, min(rounds, steps)) if refresh else 1
+        for r in range(rounds):
+            if refresh:
+                refresh()
+            budget = steps // rounds + (r < steps % rounds)
+            optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=budget, max_eval=budget, history_size=20,
+                                          tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
-        def closure():
-            optimiser.zero_grad(set_to_none=True)
-            total = evaluate()
-            total.backward()
-            return total
+            def closure():
+                optimiser.zero_grad(set_to_none=True)
+                total = evaluate()
+                total.backward()
+                return total
 
-        optimiser.step(closure)
+            optimiser.step(closure)
     else:
         optimiser = torch.optim.Adam([{"params": [p], "lr": config.lr[g]} for p, g in zip(params, groups)])
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1), eta_min=0.0)
-        for _ in range(steps):
+        for step in range(steps):
+            if refresh and refresh_every and step % refresh_every == 0:
+                refresh()
             optimiser.zero_grad(set_to_none=True)
             evaluate().backward()
             optimiser.step()
             schedule.step()
+    if refresh:
+        refresh()
     with torch.no_grad():
         total, terms = loss_fn()
     _check_finite(total, variables, name, steps)
@@ -176,7 +218,9 @@ def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, m
 
 def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, config: FitConfig | None = None,
         device: str | torch.device = "cpu", backend: str | None = None, progress=None,
-        landmark_source: str = "annotation", start: Parameters | None = None) -> FitResult:
+        landmark_source: str = "annotation", start: Parameters | None = None, *, dense: torch.Tensor | None = None,
+        dense_weights: torch.Tensor | None = None, landmark_weights: torch.Tensor | None = None,
+        jaw: str | None = None, dense_name: str | None = None) -> FitResult:
     """Fit ``model`` to ``image [3,H,W]`` in [0,1] with ``landmarks [68,2]`` (original pixels).
 
     ``landmark_source``: ``"detector"`` or ``"annotation"`` (see ``LANDMARK_SOURCES``), used
@@ -185,58 +229,89 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
     network's prediction, :func:`cli.training.predict.predict`); None starts from the
     closed-form solution.
     ``progress``: optional callable, called once per optimisation step.
+    ``dense [P,2+]``: a detector's dense points (original pixels; e.g. MediaPipe's 468), used
+    instead of the 68 when the model embeds that detector's points (``dense_name``: the
+    detector's name as the model's ``dense_landmarks`` metadata gives it; None: any);
+    ``dense_weights [P]`` / ``landmark_weights [68]``: per-point confidences in [0, 1].
+    ``jaw``: where the 68 points' jaw lies: ``"outline"`` (the visible outline: 2-D
+    annotations, dlib; the fitter uses contour correspondences) or ``"3d"`` (fixed surface
+    points); None: ``"outline"``.
     """
     config = config or FitConfig()
     if landmark_source not in LANDMARK_SOURCES:
         raise ValueError(f"landmark_source must be one of {sorted(LANDMARK_SOURCES)}, got {landmark_source!r}")
-    sigma = config.landmark_sigma_px or LANDMARK_SOURCES[landmark_source][0]
-    jaw_weight = config.jaw_weight if config.jaw_weight is not None else LANDMARK_SOURCES[landmark_source][1]
     device = torch.device(device)
     started = time.perf_counter()
     model = model.to(device)
     crop = make_crop(landmarks, config.resolution, config.crop_scale)
     target_image = crop_image(image.to(device), crop)
-    target_lm = crop.to_crop(landmarks.to(device))[None]
     res = config.resolution
     scene = FaceScene(model, res, backend).to(device)
-    lm_weights = torch.ones(68, device=device)
-    lm_weights[:17] = jaw_weight
+    given = LandmarkInput(landmarks, jaw or "outline", landmark_weights, dense, dense_weights, dense_name)
+    mode = "dense" if dense_usable(scene, given) else given.convention
+    sigma = config.landmark_sigma_px or (config.dense_sigma_px if mode == "dense"
+                                         else LANDMARK_SOURCES[landmark_source][0])
+    # The contour replaces down-weighting an outline jaw; fixed jaw points keep the source's weight.
+    jaw_weight = config.jaw_weight if config.jaw_weight is not None else (
+        1.0 if mode == "outline" else LANDMARK_SOURCES[landmark_source][1])
+    term = LandmarkTerm(scene, given, crop.to_crop, jaw_weight, config.visibility, config.outline_weight)
 
     if start is None:
-        params = _closed_form_start(model, target_lm[0].cpu(), lm_weights.cpu(), sigma, config, device)
+        # The closed form uses the fixed jaw vertices: an outline jaw counts little there.
+        weights = torch.ones(68)
+        weights[:17] = jaw_weight if mode == "3d" else min(jaw_weight, LANDMARK_SOURCES["detector"][1])
+        if landmark_weights is not None:
+            weights = weights * landmark_weights.float().cpu()
+        target = crop.to_crop(landmarks.cpu())
+        params = _closed_form_start(model, target, weights, sigma, config, device)
+        if config.robust:  # iteratively reweighted (Geman-McClure weights), so a wrong point does not skew the start
+            c2 = config.robust_scale_px**2
+            for _ in range(ROBUST_START_PASSES):
+                with torch.no_grad():
+                    r2 = ((scene.landmarks(params)[0].cpu() - target) ** 2).sum(-1)
+                params = _closed_form_start(model, target, weights * (c2 / (r2 + c2)) ** 2, sigma, config, device)
     else:
         params = crop.pose_from_original(start.to(device))
     variables = _Variables(params).to(device)
 
-    landmark_loss = losses.LandmarkLoss(lm_weights, scale=res).to(device)
+    landmark_loss = losses.LandmarkLoss(scale=res, robust=config.robust, robust_scale=config.robust_scale_px)
     prior = losses.CoefficientPrior(config.w_prior_identity * sigma**2, config.w_prior_expression * sigma**2,
                                     config.w_prior_albedo)
     stage1_loss = config.w_landmark * landmark_loss + prior
 
+    def refresh():
+        term.refresh(variables.current())
+
     def stage1():
-        pred = {"landmarks": scene.landmarks(variables.current()),
-                "identity": variables.identity, "expression": variables.expression}
-        return stage1_loss(pred, {"landmarks": target_lm})
+        current = variables.current()
+        pred = {"landmarks": term.predict(current), "identity": current.identity, "expression": current.expression}
+        return stage1_loss(pred, term.target())
 
     stages = [_run_stage("landmark", config.landmark_steps, variables,
                          ["rotation", "translation", "log_scale", "identity", "expression"], stage1, config, progress,
-                         method="lbfgs")]
+                         method="lbfgs", rounds=config.landmark_rounds, refresh=refresh)]
 
     stage2_loss = (config.w_landmark * landmark_loss + config.w_photometric * losses.PhotometricLoss()
                    + prior + config.w_lighting * losses.LightingPrior())
-    target = {"landmarks": target_lm, "image": target_image}
 
     def stage2():
-        return stage2_loss(scene(variables.current()), target)
+        current = variables.current()
+        pred = scene(current)
+        pred["landmarks"] = term.predict(current)
+        return stage2_loss(pred, {"image": target_image, **term.target()})
 
     if config.photometric_steps > 0:
         stages.append(_run_stage("photometric", config.photometric_steps, variables,
                                  ["rotation", "translation", "log_scale", "identity", "expression", "albedo",
-                                  "lighting"], stage2, config, progress))
+                                  "lighting"], stage2, config, progress, refresh=refresh,
+                                 refresh_every=config.refresh_every))
     with torch.no_grad():
-        final = scene(variables.current())
+        final_params = variables.current()
+        final = scene(final_params)
+        outline = scene.outline_landmarks(final_params)
     return FitResult(
         params=variables.to_parameters().to("cpu"), crop=crop, target_landmarks=landmarks.cpu(),
         fitted_landmarks=crop.to_original(final["landmarks"][0]).cpu(), stages=stages,
         seconds=time.perf_counter() - started, backend=render.resolve_backend(backend, device), device=str(device),
-        crop_image=target_image[0].cpu(), crop_render=final["image"][0].cpu(), crop_mask=final["mask"][0].cpu())
+        crop_image=target_image[0].cpu(), crop_render=final["image"][0].cpu(), crop_mask=final["mask"][0].cpu(),
+        fitted_outline=crop.to_original(outline[0]).cpu(), landmark_mode=mode)

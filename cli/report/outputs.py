@@ -61,9 +61,15 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
         photo = to_uint8(image)
         drawn = to_uint8(overlay(image, view.image[0].clamp(0, 1), (view.mask * view.attributes.clamp(0, 1))[0]))
         later(write_png, tmp / "overlay.png", drawn)
-        (tmp / "landmarks.json").write_text(json.dumps({
-            "convention": "pixels, x right, y down, origin at the top-left corner of the top-left pixel",
-            "fitted": result.fitted_landmarks.tolist(), "target": result.target_landmarks.tolist()}, indent=1))
+        marks = {"convention": "pixels, x right, y down, origin at the top-left corner of the top-left pixel",
+                 "fitted": result.fitted_landmarks.tolist(), "target": result.target_landmarks.tolist()}
+        if getattr(result, "fitted_outline", None) is not None:  # both jaw conventions of the fitted 68
+            marks["fitted_outline"] = result.fitted_outline.tolist()
+            marks["jaw_conventions"] = {
+                "fitted": "3-D: the model's fixed jaw vertices (the jaw where it is on the face; as AFLW2000-3D)",
+                "fitted_outline": "outline: jaw points 0-16 on the face's visible outline under the fitted pose "
+                                  "(as 300-W / dlib annotate); points 17-67 as in fitted"}
+        (tmp / "landmarks.json").write_text(json.dumps(marks, indent=1))
         report = {
             "source": source,
             "image_size": [h, w],

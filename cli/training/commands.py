@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from ..errors import USER_ERRORS, InputError, fail, one_line, report, reported_errors
-from ..options import device_option, model_option, resolve_device
+from ..options import check_detector, detector_option, device_option, model_option, resolve_device, threshold_option
 
 
 def prepare_command(
@@ -19,6 +19,7 @@ def prepare_command(
     out: Path = typer.Option(..., "--out", "-o", help="The dataset folder (created, or added to).", show_default=False),
     resolution: int = typer.Option(224, "--resolution", "-r", help="Crop side in pixels: 224 or 128."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the photos that failed before."),
+    detector: str = detector_option(),
 ) -> None:
     """Make a training dataset from photos with 68 landmarks.
 
@@ -36,6 +37,7 @@ def prepare_command(
     with reported_errors():
         if resolution not in (128, 224):
             raise InputError(f"--resolution {resolution}: use 128 or 224")
+        check_detector(detector)
         paths = collect_images(photos)
         if not paths:
             raise InputError("no photos found in " + ", ".join(map(str, photos)))
@@ -50,7 +52,7 @@ def prepare_command(
                 report(f"{path}: {error} (skipped)")
             next(steps, None)
 
-        summary = prepare_dataset(paths, out, resolution, retry_failed, on_photo)
+        summary = prepare_dataset(paths, out, resolution, retry_failed, on_photo, detector)
     typer.echo(f"{summary.added} added, {summary.skipped} already done or failed before, {len(summary.failed)} "
                f"failed now -> {out}" + (f" (see {out / 'prepare.log'})" if summary.failed else ""))
 
@@ -164,6 +166,8 @@ def predict_command(
                                  show_default=False),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; each photo gets OUT/<stem>/."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", "-l", help="68 landmarks for a single photo."),
+    detector: str = detector_option(),
+    threshold: float = threshold_option(),
     model: Optional[Path] = model_option(),
     device: str = device_option(),
 ) -> None:
@@ -188,12 +192,13 @@ def predict_command(
             raise InputError("no photos found in " + ", ".join(map(str, photos)))
         if landmarks is not None and len(paths) != 1:
             raise InputError(f"--landmarks goes with exactly one photo, got {len(paths)}")
+        check_detector(detector)
         face_model = load_model(model)
         net = ParameterRegressor.from_file(network, face_model).to(dev)
     failures = []
     for path in paths:
         try:
-            prepared = prepare(path, landmarks)
+            prepared = prepare(path, landmarks, detector, threshold)
             with torch.no_grad():
                 result = predict_result(net, face_model, prepared.image, prepared.landmarks)
             write_outputs(path, out, face_model, prepared, result)
