@@ -148,8 +148,17 @@ def fit_command(
     steps: int = StepsOption,
     landmark_steps: int = LandmarkStepsOption,
     resolution: int = ResolutionOption,
+    video: bool = typer.Option(False, "--video", help="Read each folder as the frames of one video (tracked)."),
+    same_person: bool = typer.Option(False, "--same-person", help="The photos show one person: fit one identity "
+                                     "and albedo to all of them -> OUT/person_<first stem>/."),
+    fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of a --video folder "
+                                        "(default 25); a video file keeps its own."),
 ) -> None:
     """Fit the face model to photos: params, textured meshes, textures, overlay, landmarks, report.
+
+    Video files (.mp4 .mov .avi .webm .gif .mkv .m4v) and --video folders are tracked: one
+    identity, per-frame expression, pose and light -> OUT/<clip>/ with identity.safetensors,
+    frames.safetensors, overlay.mp4, landmarks.json, mesh.ply/.obj and report.json.
 
     Every face of a photo is fitted (--faces all): one face writes OUT/<stem>/, several write
     OUT/<stem>/face_<k>/ (k = 0 for the largest). Each holds params.safetensors, mesh.obj
@@ -159,7 +168,17 @@ def fit_command(
     also OUT/index.html. A failed image leaves nothing behind; a failed face leaves the others.
 
     Example: morph fit assets/astronaut.png --out out/
+
+    Example: morph fit clip.mp4 --out out/
     """
+    from .video import is_video
+
+    if video or same_person or any(is_video(p) for p in images):  # clips, photos of one person: multi_command
+        from .fitting.multi_command import fit_multi
+
+        raise typer.Exit(fit_multi(images, out, video=video, same_person=same_person, fps=fps, landmarks=landmarks,
+                                   model=model, device=device, resolution=resolution, steps=steps,
+                                   landmark_steps=landmark_steps, detector=detector, threshold=threshold))
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .defaults import load_model

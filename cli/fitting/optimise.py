@@ -131,21 +131,28 @@ def _closed_form_start(model, landmarks, weights, sigma, config, device) -> Para
 
 # -- the optimisation ----------------------------------------------------------------------
 class _Variables(torch.nn.Module):
-    """The optimised quantities; scale is optimised in log space (it must stay positive)."""
+    """The optimised quantities; scale is optimised in log space (it must stay positive).
 
-    def __init__(self, params: Parameters):
+    ``shared``: coefficient groups held once for the whole batch (e.g. one identity and albedo
+    for several photos of a person): stored as ``[1,K]`` from the first row of ``params``.
+    """
+
+    def __init__(self, params: Parameters, shared: tuple[str, ...] = ()):
         super().__init__()
         self.rotation = torch.nn.Parameter(params.rotation.clone())
         self.translation = torch.nn.Parameter(params.translation[:, :2].clone())
         self.log_scale = torch.nn.Parameter(params.scale.log())
         for group in ("identity", "expression", "albedo", "lighting"):
-            setattr(self, group, torch.nn.Parameter(getattr(params, group).clone()))
+            value = getattr(params, group)
+            setattr(self, group, torch.nn.Parameter((value[:1] if group in shared else value).clone()))
 
     def current(self) -> Parameters:
         """The parameters as the variables stand (differentiable; scale = exp(log_scale))."""
         translation = torch.cat([self.translation, torch.zeros_like(self.translation[:, :1])], 1)
         pose = torch.cat([self.rotation, translation, self.log_scale.exp()], 1)
-        return Parameters(self.identity, self.expression, self.albedo, self.lighting, pose)
+        n = len(pose)
+        return Parameters(self.identity.expand(n, -1), self.expression.expand(n, -1), self.albedo.expand(n, -1),
+                          self.lighting.expand(n, -1), pose)
 
     def to_parameters(self) -> Parameters:
         return self.current().detach()
