@@ -39,7 +39,7 @@ from cli.defaults import load_model  # noqa: E402
 from cli.files import write_png  # noqa: E402
 from cli.training.backgrounds import Backgrounds  # noqa: E402
 from cli.training.config import TrainConfig, _update  # noqa: E402
-from cli.training.loop import train  # noqa: E402
+from cli.training.loop import TrainingInterrupted, train  # noqa: E402
 from cli.training.network import ParameterRegressor  # noqa: E402
 from cli.training.prepare import prepare_dataset  # noqa: E402
 from cli.training.shards import read_index  # noqa: E402
@@ -117,7 +117,10 @@ def main(argv=None) -> None:
     run = args.work / "run"
     resume = (run / "last.ckpt").is_file()
     log(f"train: {config.steps} steps, {config.backbone} at {config.resolution} px" + (" (resuming)" if resume else ""))
-    result = train(None if resume else config, run, resume=resume, progress=sys.stderr.isatty())
+    try:
+        result = train(None if resume else config, run, resume=resume, progress=sys.stderr.isatty())
+    except TrainingInterrupted as exc:
+        sys.exit(f"{exc}; run this script again to continue")
     log(f"train done: {result.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.1f} images/s); "
         f"validation {result.last_validation}")
 

@@ -80,6 +80,7 @@ def info(model: Path = ModelArg) -> None:
         ("albedo colour space", meta.get("albedo_colour_space")),
         ("licence", meta.get("licence")),
         ("source", meta.get("source")),
+        ("description", meta.get("description") or "none"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -142,8 +143,10 @@ def fit_command(
                                 "pulls with a bounded force (--no-robust: plain least squares)."),
     model: Optional[Path] = ModelOption,
     network: Optional[Path] = typer.Option(None, "--network", "-n",
-                                           help="Start from this trained network's prediction (morph train) "
-                                                "instead of the closed-form solution."),
+                                           help="Start from this trained network's prediction (morph train)."),
+    init: str = typer.Option("auto", "--init", help="Where the fit starts: network (--network, or the shipped "
+                             "assets/morph_regressor.safetensors), closed-form (from the landmarks alone, as eos), "
+                             "or auto: the network when there is one for the model, else closed-form."),
     device: str = DeviceOption,
     steps: int = StepsOption,
     landmark_steps: int = LandmarkStepsOption,
@@ -181,7 +184,7 @@ def fit_command(
                                    landmark_steps=landmark_steps, detector=detector, threshold=threshold))
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .defaults import load_model
+    from .defaults import load_model, start_network
     from .files import collect_images
     from .fitting import fit_faces
     from .fitting.pipeline import FACE_CHOICES
@@ -200,11 +203,7 @@ def fit_command(
         if landmarks is not None and len(paths) != 1:
             raise InputError(f"--landmarks goes with exactly one image, got {len(paths)}")
         face_model = load_model(model)
-        start_network = None
-        if network is not None:
-            from .training.network import ParameterRegressor
-
-            start_network = ParameterRegressor.from_file(network, face_model).to(dev)
+        start = start_network(init, network, face_model, dev)
     config = _config(resolution, steps, landmark_steps)
     if not robust:
         config.robust = None
@@ -222,7 +221,7 @@ def fit_command(
 
             try:
                 outcomes = fit_faces(path, out, face_model, config, dev, landmarks, progress=lambda: bar.advance(task),
-                                     network=start_network, detector=detector, threshold=threshold, faces=faces,
+                                     network=start, detector=detector, threshold=threshold, faces=faces,
                                      jaw=jaw, on_found=found)
             except (*USER_ERRORS, FitDiverged) as exc:
                 failures.append(path)
@@ -263,6 +262,9 @@ def eval_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
     detector: str = detector_option(),
     model: Optional[Path] = ModelOption,
+    network: Optional[Path] = typer.Option(None, "--network", "-n", help="Start the fits from this network "
+                                           "(its own prediction is compared too)."),
+    init: str = typer.Option("auto", "--init", help="network, closed-form or auto (as morph fit)."),
     device: str = DeviceOption,
     steps: int = StepsOption,
     landmark_steps: int = LandmarkStepsOption,
@@ -274,11 +276,12 @@ def eval_command(
     fixed jaw vertices (as AFLW2000-3D annotates), "fit outline" puts the jaw on the visible
     outline (as 300-W annotates); the detector's own points are compared too. NME is reported
     with the AFLW2000-3D normalisation (sqrt of the ground-truth bounding-box area) and the
-    300-W one (outer-eye-corner distance). .pts files are read as 1-based.
+    300-W one (outer-eye-corner distance). When a network starts the fits (--init), its own
+    prediction is compared too. .pts files are read as 1-based.
 
     Example: morph eval ../shared/data/faces --json eval.json
     """
-    from .defaults import load_model
+    from .defaults import load_model, start_network
     from .files import write_json
     from .fitting import evaluate
 
@@ -288,9 +291,12 @@ def eval_command(
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder")
         face_model = load_model(model)
+        start = start_network(init, network, face_model, dev)
     config = _config(resolution, steps, landmark_steps)
     names = (("fit", "fit 3d"), ("fit_outline", "fit outline"), ("detector", detector))
-    typer.echo(f"{'':18s} {'bbox-NME':^32s} {'outer-eye NME':^32s}")
+    names += (("network", "network"),) if start is not None else ()
+    width = 11 * len(names) - 1
+    typer.echo(f"{'':18s} {'bbox-NME':^{width}s}  {'outer-eye NME':^{width}s}")
     typer.echo(f"{'image':18s} " + " ".join(f"{label:>10s}" for _, label in names) + "  "
                + " ".join(f"{label:>10s}" for _, label in names) + f" {'sec':>6s}")
 
@@ -303,7 +309,7 @@ def eval_command(
         typer.echo(f"{row['image']:18s} {row['error']}" if "error" in row else line(row["image"], row))
 
     with reported_errors():
-        results = evaluate(folder, face_model, config, dev, on_image=show, detector=detector)
+        results = evaluate(folder, face_model, config, dev, on_image=show, detector=detector, network=start)
     if not results["images"]:
         raise fail(f"{folder}: no images with .pts landmarks")
     if results["mean"]:

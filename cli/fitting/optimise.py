@@ -65,6 +65,11 @@ class FitConfig:
     # photometric stage refreshes them every refresh_every steps.
     landmark_rounds: int = 3
     refresh_every: int = 10
+    # The photometric stage stops early when the mean loss of its last ``window`` steps is
+    # less than ``tolerance`` (relative) below the mean of the ``window`` before (0: never):
+    # an easy photo, or a good start, takes fewer steps.
+    photometric_tolerance: float = 2e-3
+    photometric_window: int = 10
     # Loss weights (landmark loss in crop pixels / resolution, i.e. resolution-free).
     w_landmark: float = 1.0
     w_photometric: float = 0.01
@@ -115,6 +120,7 @@ class FitResult:
     # vertices (3-D convention, as AFLW2000-3D). [68,2] original pixels.
     fitted_outline: torch.Tensor | None = None
     landmark_mode: str = "3d"  # what the landmark term compared: "dense", "outline" or "3d"
+    init: str = "closed-form"  # where the fit started: "closed-form" or "network"
 
 
 def _closed_form_start(model, landmarks, weights, sigma, config, device) -> Parameters:
@@ -164,7 +170,7 @@ def _check_finite(loss: torch.Tensor, variables: _Variables, stage: str, step: i
 
 
 def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam", rounds=1,
-               refresh=None, refresh_every=0):
+               refresh=None, refresh_every=0, tolerance=0.0, window=10):
     """Minimise ``loss_fn`` over ``groups`` of ``variables``.
 
     ``"lbfgs"`` (strong-Wolfe line search) suits the small, smooth landmark problem and
@@ -173,6 +179,8 @@ def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, m
     ``refresh()`` (optional) re-chooses pose-dependent correspondences: before each of
     ``rounds`` L-BFGS runs sharing the ``steps`` (a fresh optimiser each, as the objective
     changed), or every ``refresh_every`` Adam steps.
+    ``tolerance`` (Adam): stop once the mean loss of the last ``window`` steps is less than
+    this fraction below the mean of the ``window`` steps before.
     """
     history, term_history = [], {}
     start = time.perf_counter()
@@ -214,6 +222,10 @@ def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, m
             evaluate().backward()
             optimiser.step()
             schedule.step()
+            if tolerance > 0 and len(history) >= 2 * window and len(history) % window == 0:
+                before, last = sum(history[-2 * window:-window]), sum(history[-window:])
+                if before - last < tolerance * abs(before):
+                    break
     if refresh:
         refresh()
     with torch.no_grad():
@@ -311,7 +323,8 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
         stages.append(_run_stage("photometric", config.photometric_steps, variables,
                                  ["rotation", "translation", "log_scale", "identity", "expression", "albedo",
                                   "lighting"], stage2, config, progress, refresh=refresh,
-                                 refresh_every=config.refresh_every))
+                                 refresh_every=config.refresh_every, tolerance=config.photometric_tolerance,
+                                 window=config.photometric_window))
     with torch.no_grad():
         final_params = variables.current()
         final = scene(final_params)
@@ -321,4 +334,5 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
         fitted_landmarks=crop.to_original(final["landmarks"][0]).cpu(), stages=stages,
         seconds=time.perf_counter() - started, backend=render.resolve_backend(backend, device), device=str(device),
         crop_image=target_image[0].cpu(), crop_render=final["image"][0].cpu(), crop_mask=final["mask"][0].cpu(),
-        fitted_outline=crop.to_original(outline[0]).cpu(), landmark_mode=mode)
+        fitted_outline=crop.to_original(outline[0]).cpu(), landmark_mode=mode,
+        init="closed-form" if start is None else "network")

@@ -182,6 +182,7 @@ def write_outputs(image_path: Path, out_root: Path, model: MorphableModel, prepa
                              prepared.faces_found, "face_index": prepared.face_index, "score": prepared.score,
                              "box": prepared.box, "dense_points": 0 if prepared.dense is None else len(prepared.dense)}
     extra["landmark_term"] = {"mode": getattr(result, "landmark_mode", "3d"), "input_jaw": prepared.jaw}
+    extra["init"] = result.init
     if out_dir is None:
         out_dir = out_root / image_path.stem
     write_fit_outputs(out_dir, result, model, prepared.image, str(image_path), extra)

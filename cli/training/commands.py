@@ -162,8 +162,8 @@ def train_command(
 
 def predict_command(
     photos: list[Path] = typer.Argument(..., help="Photos and/or folders of photos.", show_default=False),
-    network: Path = typer.Option(..., "--network", "-n", help="A trained network (network.safetensors).",
-                                 show_default=False),
+    network: Optional[Path] = typer.Option(None, "--network", "-n", help="A trained network (network.safetensors; "
+                                           "default: the shipped assets/morph_regressor.safetensors)."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; each photo gets OUT/<stem>/."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", "-l", help="68 landmarks for a single photo."),
     detector: str = detector_option(),
@@ -175,14 +175,13 @@ def predict_command(
 
     Writes the same outputs as morph fit.
 
-    Example: morph predict assets/astronaut.png --network runs/r18/network.safetensors --out out/
+    Example: morph predict assets/astronaut.png --out out/
     """
     import torch
 
-    from ..defaults import load_model
+    from ..defaults import load_model, load_network
     from ..files import collect_images
     from ..fitting.pipeline import prepare, write_outputs
-    from .network import ParameterRegressor
     from .predict import predict_result
 
     with reported_errors():
@@ -194,7 +193,7 @@ def predict_command(
             raise InputError(f"--landmarks goes with exactly one photo, got {len(paths)}")
         check_detector(detector)
         face_model = load_model(model)
-        net = ParameterRegressor.from_file(network, face_model).to(dev)
+        net = load_network(network, face_model, dev)
     failures = []
     for path in paths:
         try:

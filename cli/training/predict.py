@@ -44,4 +44,4 @@ def predict_result(net: ParameterRegressor, model: MorphableModel, image: torch.
         fitted_landmarks=crop.to_original(out["landmarks"][0]).cpu(),
         stages=[StageReport("network", 1, seconds, {}, [])], seconds=seconds,
         backend=render.resolve_backend(backend, device), device=str(device), crop_image=target[0].cpu(),
-        crop_render=out["image"][0].cpu(), crop_mask=out["mask"][0].cpu())
+        crop_render=out["image"][0].cpu(), crop_mask=out["mask"][0].cpu(), init="network")
