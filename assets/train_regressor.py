@@ -118,7 +118,8 @@ def main(argv=None) -> None:
     resume = (run / "last.ckpt").is_file()
     log(f"train: {config.steps} steps, {config.backbone} at {config.resolution} px" + (" (resuming)" if resume else ""))
     try:
-        result = train(None if resume else config, run, resume=resume, progress=sys.stderr.isatty())
+        result = train(None if resume else config, run, resume=resume, steps=config.steps,
+                       progress=sys.stderr.isatty())
     except TrainingInterrupted as exc:
         sys.exit(f"{exc}; run this script again to continue")
     log(f"train done: {result.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.1f} images/s); "

@@ -198,7 +198,7 @@ def test_derived_landmarks_land_near_the_true_ones():
     tri, lm = m.triangles.numpy(), m.landmarks.numpy()
     hidden = [*range(17), 60, 64]
     errors = []
-    for seed in range(6):
+    for seed in range(20):
         coeffs = torch.randn(1, m.n_identity, generator=torch.Generator().manual_seed(seed))
         v = m.shape(coeffs)[0].double().numpy()
         partial = lm.copy()
@@ -207,7 +207,7 @@ def test_derived_landmarks_land_near_the_true_ones():
         assert derived == hidden and (out[~np.isin(np.arange(68), hidden)] == partial[partial >= 0]).all()
         eye = np.linalg.norm(v[lm[45]] - v[lm[36]])
         errors.append(np.linalg.norm(v[out[hidden], :2] - v[lm[hidden], :2], axis=1) / eye)
-    assert np.mean(errors) < 0.04  # measured 0.029 over 20 faces
+    assert np.mean(errors) < 0.045  # measured 0.038 (0.060 at 1.5 sigma)
 
 
 # -- options, truncation and errors -------------------------------------------------------------

@@ -28,8 +28,7 @@ from morphable import MorphableModel, Parameters
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 # Few steps: the tests check behaviour, the benchmark checks quality at the defaults.
-FAST = TrackConfig(fit=FitConfig(resolution=128), keyframes=3, keyframe_photometric_steps=2, photometric_steps=1,
-                   window=5)
+FAST = TrackConfig(fit=FitConfig(resolution=128), keyframes=3, keyframe_photometric_steps=2, window=5)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +176,7 @@ def test_keyframes_spread_over_head_poses(default_model):
 def test_tracking_recovers_a_rendered_sequence(tmp_path, default_model):
     images, truth, landmarks = rendered_sequence(default_model)
     path = write_clip(tmp_path / "rendered.mp4", images)
-    config = replace(FAST, keyframes=4, keyframe_photometric_steps=0, photometric_steps=0)  # landmarks decide
+    config = replace(FAST, keyframes=4, keyframe_photometric_steps=0, lighting="keep")  # landmarks decide
     result = fit_clip(FrameReader(path), default_model, config, landmarks=landmarks)
     assert result.found.all() and (result.how == 0).all()
     error = angle_degrees(result.params.rotation, truth.rotation)
@@ -231,7 +230,7 @@ def test_face_leaving_and_returning_is_bridged(tmp_path, default_model, pexels):
     # A gap longer than max_gap splits the clip in two segments and is carried over.
     landmarks = saved["target_landmarks"]
     short = fit_clip(FrameReader(path), default_model, replace(FAST, max_gap=2, keyframe_photometric_steps=0,
-                                                               photometric_steps=0), landmarks=landmarks)
+                                                               lighting="keep"), landmarks=landmarks)
     assert short.how.tolist() == [0] * 4 + [2] * 3 + [0] * 3
     torch.testing.assert_close(short.params.pose[4], short.params.pose[3])  # the nearest found frame
     torch.testing.assert_close(short.params.pose[6], short.params.pose[7])

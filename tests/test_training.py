@@ -204,7 +204,7 @@ def test_training_lowers_the_landmark_error(tmp_path, synth_data, face_model):
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     header = rows[0].split(",")
     landmark = [float(r.split(",")[header.index("landmark")]) for r in rows[1:]]
-    assert np.mean(landmark[-5:]) < 0.5 * np.mean(landmark[:5])
+    assert np.mean(landmark[-10:]) < 0.6 * np.mean(landmark[:10])  # batch 8: noisy steps, so 10 of each
     assert val["landmark_px"] < 0.9 * val["neutral_px"]  # held-out faces too (40 steps: a first step)
     assert (tmp_path / "run" / "val" / "step_000040.png").is_file()
     net = ParameterRegressor.from_file(tmp_path / "run" / "network.safetensors", face_model)
@@ -377,3 +377,22 @@ def test_prepare_logs_and_skips_failures_and_resumes(tmp_path):
     torch.testing.assert_close(shard["landmarks"][0], make_crop(truth, 128).to_crop(truth))
     again = runner.invoke(app, ["prepare", str(photos), "--out", str(out), "--resolution", "128"])
     assert "0 added, 3 already done or failed before, 0 failed now" in again.stdout
+
+
+# -- the shipped network -----------------------------------------------------------------------
+def test_the_shipped_network_lands_the_astronauts_landmarks(face_model):
+    from cli.defaults import DEFAULT_NETWORK, load_network
+    from cli.detect import detect_landmarks
+    from cli.files import load_image
+    from cli.training import predict
+
+    net = load_network(None, face_model)
+    assert DEFAULT_NETWORK.stat().st_size < 50e6
+    image = load_image(ROOT / "assets" / "astronaut.png")
+    detected, _ = detect_landmarks(image)
+    params = predict(net, image, detected)
+    predicted = FaceScene(face_model, 1).landmarks(params)[0]
+    size = (detected.amax(0) - detected.amin(0)).prod().sqrt()  # the face's size: sqrt of its box's area
+    errors = (predicted - detected).norm(dim=-1)
+    assert errors[17:].mean() < 0.05 * size  # inner points (the detector's jaw is approximate)
+    assert errors.mean() < 0.05 * size

@@ -96,6 +96,7 @@ class ClipResult:
     seconds: dict = field(default_factory=dict)  # per pass
     landmark_source: str = "detector"
     dropped: int = 0  # detections without support in time, taken for false (see drop_isolated)
+    dense: torch.Tensor | None = None  # [T,P,2] the detector's dense points (NaN where no face), if any
 
     @property
     def frame_count(self) -> int:
@@ -224,7 +225,7 @@ def fit_clip(reader: FrameReader, model: MorphableModel, config: TrackConfig | N
         with torch.no_grad():
             fitted[bridged] = scene.landmarks(params.map(lambda x: x[bridged]).to(device)).cpu()
     return ClipResult(reader, params, found, how, target, fitted, error, photometric, faces, keyframes, key_error,
-                      seconds, source, dropped)
+                      seconds, source, dropped, dense)
 
 
 def _dense_track(points: list, target: torch.Tensor) -> torch.Tensor | None:

@@ -196,10 +196,16 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
 
     stage1_loss = config.w_landmark * landmark_loss + prior
 
-    def stage1():
+    def stage1_data():
         params = variables.current()
         pred = {"landmarks": points.predict(params), "identity": params.identity, "expression": params.expression}
-        return with_extra(stage1_loss(pred, target), params)
+        return stage1_loss(pred, target)
+
+    def stage1():
+        return with_extra(stage1_data(), variables.current())
+
+    def coupling():
+        return extra_loss(variables.current()) if extra_loss is not None else (variables.rotation.sum() * 0.0, {})
 
     steps1 = config.landmark_steps if landmark_steps is None else landmark_steps
     steps2 = config.photometric_steps if photometric_steps is None else photometric_steps
@@ -209,7 +215,9 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
         size = sum(getattr(variables, g).numel() for g in stage1_groups)
         landmark_method = "newton" if size <= NEWTON_MAX_VARIABLES else "lbfgs"
     if steps1 > 0 and landmark_method == "newton":
-        stages.append(newton_stage("landmark", steps1, variables, stage1_groups, stage1))
+        per_frame = not shared  # every unknown belongs to one frame: block-diagonal data Hessian
+        stages.append(newton_stage("landmark", steps1, variables, stage1_groups, stage1, count if per_frame else None,
+                                   stage1_data if per_frame else None, coupling))
     elif steps1 > 0:
         stages.append(_run_stage("landmark", steps1, variables, stage1_groups, stage1, config, progress,
                                  method="lbfgs"))
@@ -231,8 +239,8 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
 
 # -- a damped Newton stage for the window's landmark problem -------------------------------------
 class _Objective(torch.nn.Module):
-    """``loss_fn``'s total as a module call, so that :func:`torch.func.functional_call` can put other
-    values in ``variables``' places (and :mod:`torch.func` can differentiate it twice)."""
+    """A loss function's total as a module call, so that :func:`torch.func.functional_call` can put
+    other values in ``variables``' places (and :mod:`torch.func` can differentiate it twice)."""
 
     def __init__(self, variables: torch.nn.Module, loss_fn):
         super().__init__()
@@ -242,29 +250,57 @@ class _Objective(torch.nn.Module):
         return self.loss_fn()[0]
 
 
-def newton_stage(name: str, steps: int, variables: torch.nn.Module, groups, loss_fn) -> StageReport:
+def newton_stage(name: str, steps: int, variables: torch.nn.Module, groups, loss_fn, frames: int | None = None,
+                 separable_fn=None, coupling_fn=None) -> StageReport:
     """Minimise ``loss_fn`` over ``groups`` with damped Newton steps (Levenberg-Marquardt on the exact
     Hessian, from :mod:`torch.func`).
 
-    The window's landmark problem (a few hundred variables coupled in time) is small but badly
-    conditioned: L-BFGS needs hundreds of evaluations where Newton needs a handful.
+    The landmark problem (a few hundred unknowns, coupled in time or by a shared identity) is small
+    but badly conditioned: L-BFGS needs hundreds of evaluations where Newton needs a handful.
+    When ``loss_fn = separable_fn + coupling_fn`` with ``separable_fn`` a sum of independent
+    per-frame terms (every group ``[frames,k]``) and ``coupling_fn`` cheap, the Hessian of the
+    first is block-diagonal and comes from one Hessian-vector product per per-frame unknown
+    (all frames at once) instead of one per unknown: ``frames`` times fewer.
     """
     started = time.perf_counter()
-    objective = _Objective(variables, loss_fn)
     tensors = {g: getattr(variables, g) for g in groups}
     shapes = [t.shape for t in tensors.values()]
     sizes = [t.numel() for t in tensors.values()]
 
-    def total(flat):
-        chunks = {f"variables.{g}": c.reshape(shape)
-                  for g, c, shape in zip(tensors, torch.split(flat, sizes), shapes)}
-        return torch.func.functional_call(objective, chunks, ())
+    def as_function(fn):
+        objective = _Objective(variables, fn)
+
+        def f(flat):
+            chunks = {f"variables.{g}": c.reshape(shape) for g, c, shape in zip(tensors, torch.split(flat, sizes), shapes)}
+            return torch.func.functional_call(objective, chunks, ())
+        return f
+
+    total = as_function(loss_fn)
+    blocks = frames is not None and separable_fn is not None
+    if blocks:
+        separable, coupling = as_function(separable_fn), as_function(coupling_fn)
+        # index[t, j]: where frame t's j-th unknown sits in the flat vector
+        offsets = torch.tensor([0] + sizes).cumsum(0)[:-1].tolist()
+        index = torch.cat([o + torch.arange(frames)[:, None] * s[1] + torch.arange(s[1])[None]
+                           for o, s in zip(offsets, shapes)], 1)
+        probes = torch.zeros(index.shape[1], sum(sizes))
+        probes[torch.arange(index.shape[1])[:, None], index.T] = 1.0  # unknown j of every frame at once
+
+    def hessian_at(x):
+        if not blocks:
+            return torch.func.jacfwd(torch.func.jacrev(total))(x)
+        gradient = torch.func.grad(separable)
+        columns = torch.func.vmap(lambda v: torch.func.jvp(gradient, (x,), (v,))[1])(probes)  # [J,N]
+        hessian = torch.func.jacfwd(torch.func.jacrev(coupling))(x).clone()
+        rows = index[:, :, None].expand(-1, -1, index.shape[1])
+        hessian[rows, rows.transpose(1, 2)] += columns[:, index].permute(1, 2, 0)
+        return hessian
 
     x = torch.cat([t.detach().flatten() for t in tensors.values()])
     current, damping, history = float(total(x).detach()), 1e-3, []
     for _ in range(steps):
         gradient = torch.func.grad(total)(x)
-        hessian = torch.func.jacfwd(torch.func.jacrev(total))(x)
+        hessian = hessian_at(x)
         diagonal = hessian.diagonal().abs().clamp_min(1e-12)
         while damping < 1e8:
             step = torch.linalg.solve(hessian + damping * torch.diag(diagonal), -gradient)

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field, replace
 import kornia
 import torch
 
+import render
 from morphable import MorphableModel, Parameters
 
-from ..scene import FaceScene
+from ..scene import FaceScene, rotation_matrix
 from .closed_form import solve_pose
 from .optimise import FitConfig
 from .same_person import (POSE_GROUPS, FrameTargets, LandmarkTargets, closed_form_starts, landmark_trust,
@@ -43,11 +44,14 @@ class TrackConfig:
     window: int = 8  # frames optimised as one batch
     lookahead: int = 4  # frames past the window whose landmarks steer its landmark stage
     landmark_steps: int = 15  # damped Newton iterations per window at most (warm-started: 3-6 usually)
-    photometric_steps: int = 10  # Adam steps per window
-    # The photometric stage estimates each frame's light; pose and expression come from the
-    # landmark stage. (Adam steps on pose and expression as well made the landmarks jitter more
-    # - 0.77 -> 0.85-0.92 px on the Pexels clip - for no gain in landmark agreement; with step
-    # sizes small enough not to, they changed nothing.) Step sizes relative to FitConfig.lr.
+    # Each frame's light: "solve" (the linear least-squares SH lighting under the fitted shape, one
+    # render per window), "adam" (photometric_steps Adam steps on photometric_groups) or "keep"
+    # (the keyframes' light, no rendering). Pose and expression come from the landmark stage: Adam
+    # steps on them as well made the landmarks jitter more (0.77 -> 0.85-0.92 px on 40 frames of the
+    # Pexels clip) for no gain in landmark agreement; with steps small enough not to, they changed
+    # nothing. Adam step sizes are relative to FitConfig.lr.
+    lighting: str = "solve"
+    photometric_steps: int = 10
     photometric_groups: tuple = ("lighting",)
     photometric_lr_scale: dict = field(default_factory=dict)
     keyframes: int = 8
@@ -55,7 +59,10 @@ class TrackConfig:
     keyframe_photometric_steps: int = 40
     # Temporal smoothness: the expected size of the frame-to-frame second difference of each
     # quantity (a random-acceleration motion model; smaller = smoother). Rotation in radians,
-    # translation in crop sides, scale in log units, coefficients in their N(0, 1) units.
+    # translation in crop sides, scale in log units, coefficients in their N(0, 1) units. Halving
+    # them took the jitter on frames 0-59 of the Pexels clip from 0.81 to 0.74 px (input 1.74) but
+    # left a rendered head turning 3.8 degrees per frame 1.25 degrees off at its first
+    # frame (0.85 with these): the prior lags fast motion.
     smooth_rotation: float = 0.003
     smooth_translation: float = 0.0012
     smooth_scale: float = 0.0012
@@ -231,7 +238,7 @@ class Tracker:
             landmark_method="newton", groups=(*POSE_GROUPS, "expression"), **options)
         ahead_indices = self._ahead_indices(indices[-1]) if ahead is not None else []
         self.ahead = {i: params.map(lambda t, k=k: t[count + k:count + k + 1]) for k, i in enumerate(ahead_indices)}
-        if self.config.photometric_steps > 0:
+        if self.config.lighting == "adam" and self.config.photometric_steps > 0:
             suffix = smooth.state(params)[count:] if total > count else None
             smooth = smoothness(count, suffix)
             params, more = optimise_frames(
@@ -243,15 +250,20 @@ class Tracker:
         self.stages.append(stages)
         crops = crops[:count]
         with torch.no_grad():
-            states = TemporalSmoothness(crops, self.config, self.sigma, 1.0, self.reference).state(params)
-            if self.config.photometric_steps > 0:  # each frame's photometric loss (L2,1 in its skin mask)
+            if self.config.lighting == "solve":
+                params.lighting, image, mask = solve_lighting(self.scene, params, window.images, self.config.fit)
+            elif self.config.lighting == "adam" and self.config.photometric_steps > 0:
                 out = self.scene(params)
-                colour = ((out["image"] - window.images) ** 2).sum(1, keepdim=True).add(1e-8).sqrt()
-                photometric = (out["mask"] * colour).sum((1, 2, 3)) / out["mask"].sum((1, 2, 3)).clamp_min(1.0)
-                points = out["landmarks"]
-            else:  # landmarks only: no rendering
-                photometric, points = torch.full((count,), float("nan")), self.scene.landmarks(params)
-            fitted = to_original(points, crops)
+                image, mask = out["image"], out["mask"]
+            else:
+                image = mask = None
+            if image is not None:  # each frame's photometric loss (L2,1 in its skin mask)
+                colour = ((image - window.images) ** 2).sum(1, keepdim=True).add(1e-8).sqrt()
+                photometric = (mask * colour).sum((1, 2, 3)) / mask.sum((1, 2, 3)).clamp_min(1.0)
+            else:
+                photometric = torch.full((count,), float("nan"))
+            states = TemporalSmoothness(crops, self.config, self.sigma, 1.0, self.reference).state(params)
+            fitted = to_original(self.scene.landmarks(params), crops)
             error = (fitted - to_original(window.landmarks, crops)).norm(dim=-1).mean(-1)
         self.history = (self.history + list(states))[-2:]
         self.last = params.map(lambda t: t[-1:])
@@ -260,6 +272,46 @@ class Tracker:
         self.seconds += time.perf_counter() - started
         return [FrameFit(index, original.map(lambda t, k=k: t[k:k + 1].cpu()), fitted[k].cpu(), float(error[k]),
                          float(photometric[k])) for k, index in enumerate(indices)]
+
+
+def solve_lighting(scene: FaceScene, params: Parameters, images: torch.Tensor, config: FitConfig):
+    """Each frame's SH lighting ``[B,27]`` by linear least squares, the shape and pose held.
+
+    The shaded colour is linear in the 27 coefficients (:mod:`render.shading`: albedo times the
+    band-weighted SH basis at the camera-space normal), so one render of those 27 products per
+    vertex, interpolated, gives each pixel's row of the system. It minimises the mean squared
+    colour error over the fully covered skin pixels plus ``w_lighting / w_photometric`` times
+    :class:`losses.LightingPrior` (which pulls towards white light). Returns the lighting, the
+    image it renders ``[B,3,H,W]`` and the pixels used ``[B,1,H,W]``.
+    """
+    triangles = scene.renderer.triangles
+    if scene.rows is None:
+        vertices, albedo = scene.model(params.identity, params.expression, params.albedo)
+    else:
+        vertices, albedo = scene.rows.shape(params.identity, params.expression), scene.rows.albedo(params.albedo)
+    rotation = rotation_matrix(params)
+    normals = render.vertex_normals(vertices, triangles) @ rotation.transpose(1, 2)
+    bands = normals.new_tensor([render.BAND_FACTORS[0]] + [render.BAND_FACTORS[1]] * 3 + [render.BAND_FACTORS[2]] * 5)
+    rows = (albedo[..., :, None] * (render.sh_basis(normals) * bands)[..., None, :]).flatten(2)  # [B,N,27]
+    count = len(rows)
+    out = scene.renderer(vertices, albedo, params.lighting, scene.camera, rotation, params.translation, params.scale,
+                         attributes=torch.cat([scene.skin.expand(count, -1, -1), rows], -1))
+    mask = ((out.mask > 0.999) & (out.attributes[:, :1] > 0.5)).to(images.dtype)
+    design = out.attributes[:, 1:].reshape(count, 3, 9, -1)  # [B,channel,9,pixels]
+    m = mask.reshape(count, 1, 1, -1)
+    pixels = images.reshape(count, 3, -1)
+    normal = torch.einsum("bckp,bclp->bckl", design * m, design)  # [B,3,9,9]
+    right = torch.einsum("bckp,bcp->bck", design * m, pixels)
+    total = m.sum((1, 2, 3)).clamp_min(1.0)[:, None, None]
+    system = torch.zeros(count, 27, 27, dtype=normal.dtype, device=normal.device)
+    for c in range(3):
+        system[:, 9 * c:9 * c + 9, 9 * c:9 * c + 9] = normal[:, c] / total
+    mono = torch.kron(torch.eye(3) - torch.full((3, 3), 1 / 3), torch.eye(9)).to(system)  # LightingPrior's Hessian / 2
+    ridge = 1e-6 * system.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
+    system = system + config.w_lighting / config.w_photometric * mono + ridge * torch.eye(27).to(system)
+    lighting = torch.linalg.solve(system, (right / total).reshape(count, 27) + ridge[:, 0] * params.lighting)
+    image = torch.einsum("bckp,bck->bcp", design, lighting.reshape(count, 3, 9)).reshape(images.shape)
+    return lighting, image * mask, mask
 
 
 # -- keyframes ----------------------------------------------------------------------------------

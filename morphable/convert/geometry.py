@@ -60,8 +60,8 @@ def complete_landmarks(vertices: np.ndarray, triangles: np.ndarray,
     and each missing point goes to the mesh vertex nearest its aligned template point. Needs
     at least four given points that are not all on a line. On faces drawn from the default
     model's identity prior, with the jaw and inner mouth corners left out, the derived points
-    land on average 2.9 % of the outer-eye distance (frontal view) from where the model's own
-    landmarks go (5.4 % at 1.5 σ); ``tests/test_convert.py`` checks it.
+    land on average 3.8 % of the outer-eye distance (frontal view) from where the model's own
+    landmarks go (6.0 % at 1.5 σ); ``tests/test_convert.py`` checks it.
     """
     partial = np.asarray(partial, dtype=np.int64).copy()
     known = np.flatnonzero(partial >= 0)
