@@ -45,6 +45,28 @@ def test_solve_pose_recovers_a_known_pose():
     assert s == pytest.approx(1.7, rel=1e-5)
 
 
+def test_lighting_solve_recovers_a_known_light(default_model):
+    from cli.fitting.stages import solve_lighting
+    from cli.scene import FaceScene
+
+    scene = FaceScene(default_model, 128)
+    truth = Parameters.sample_prior(default_model.parameter_sizes, 2, torch.Generator().manual_seed(0))
+    truth.pose[:, :3] *= 0.3
+    truth.pose[:, 3:5], truth.pose[:, 6] = 64.0, 0.5
+    truth.lighting[:, [0, 9, 18]] += torch.tensor([[0.8, 0.7, 0.6]])  # coloured light, not what the prior pulls to
+    with torch.no_grad():
+        image = scene(truth)["image"]
+    start = truth.map(lambda t: t.clone())
+    start.lighting = torch.zeros_like(truth.lighting)
+    lighting, rendered, used = solve_lighting(scene, start, image, prior_weight=0.0)
+    torch.testing.assert_close(lighting, truth.lighting, atol=0.01, rtol=0)
+    error = ((rendered - image) * used).abs().sum() / (3 * used.sum())  # antialiased edges inside the face differ
+    assert used.sum() > 0.2 * 128 * 128 and error < 2e-3, error
+    pulled, _, _ = solve_lighting(scene, start, image, prior_weight=1.0)  # the prior pulls towards white light
+    spread = lighting.reshape(2, 3, 9).std(1).sum()
+    assert pulled.reshape(2, 3, 9).std(1).sum() < 0.5 * spread
+
+
 def test_crop_maps_points_and_pixels_consistently():
     image = torch.zeros(3, 100, 120)
     image[:, 40, 70] = 1.0  # pixel (row 40, col 70): centre (70.5, 40.5)

@@ -2,10 +2,10 @@
 
 Pipeline: landmarks (given, or detected) -> square crop around them (:mod:`cli.crop`) ->
 closed-form scaled-orthographic pose and linear shape solve from the landmarks (as eos
-does) -> landmark stage (pose, identity, expression; L-BFGS) -> photometric stage (all
-five groups; landmark + photometric + priors; Adam) -> results in crop and in
-original-image coordinates. The face is rendered by :class:`cli.scene.FaceScene`, the
-same call the trainer makes.
+does) -> landmark stage (pose, identity, expression; L-BFGS) -> the light by linear least
+squares -> photometric stage (all five groups; landmark + photometric + priors; Adam, stopped
+when it stops improving) -> results in crop and in original-image coordinates. The face is
+rendered by :class:`cli.scene.FaceScene`, the same call the trainer makes.
 
 The landmark term (:mod:`.landmarks`) uses a detector's dense points where the model embeds
 them (MediaPipe's 468 in the default model), else the 68 points with the jaw on the model's
@@ -30,10 +30,9 @@ from ..crop import CROP_SCALE, Crop, crop_image, make_crop
 from ..scene import FaceScene
 from .closed_form import closed_form_init
 from .landmarks import LandmarkInput, LandmarkTerm, dense_usable
+from .stages import FitDiverged, StageReport, run_stage, solve_lighting
 
-
-class FitDiverged(RuntimeError):
-    """The optimisation produced NaN or infinite values."""
+__all__ = ["LANDMARK_SOURCES", "FitConfig", "FitDiverged", "FitResult", "StageReport", "fit"]
 
 
 @dataclass
@@ -41,6 +40,10 @@ class FitConfig:
     resolution: int = 224
     landmark_steps: int = 150
     photometric_steps: int = 150
+    # Before the photometric stage, the light by linear least squares under the landmark
+    # stage's shape and the start's albedo (a good light to start from saves Adam steps; solving
+    # the albedo too, alternately, drifted to bright light on extreme albedos: 5.8 sigma).
+    solve_lighting: bool = True
     crop_scale: float = CROP_SCALE
     closed_form_iterations: int = 4
     # How much the landmarks are trusted (None: by their source, see LANDMARK_SOURCES):
@@ -90,16 +93,6 @@ class FitConfig:
 # "annotation": landmarks given in a file, taken as accurate model correspondences.
 LANDMARK_SOURCES = {"detector": (2.0, 0.05), "annotation": (0.5, 1.0)}
 ROBUST_START_PASSES = 2  # reweighted closed-form solves when the loss is robust
-
-
-@dataclass
-class StageReport:
-    name: str
-    iterations: int
-    seconds: float
-    final: dict
-    history: list
-    terms: dict = field(default_factory=dict)  # each weighted loss term at every step, as history
 
 
 @dataclass
@@ -162,77 +155,6 @@ class _Variables(torch.nn.Module):
 
     def to_parameters(self) -> Parameters:
         return self.current().detach()
-
-
-def _check_finite(loss: torch.Tensor, variables: _Variables, stage: str, step: int) -> None:
-    if not torch.isfinite(loss) or not all(torch.isfinite(p).all() for p in variables.parameters()):
-        raise FitDiverged(f"fitting diverged (NaN/inf) in the {stage} stage at step {step}")
-
-
-def _run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam", rounds=1,
-               refresh=None, refresh_every=0, tolerance=0.0, window=10):
-    """Minimise ``loss_fn`` over ``groups`` of ``variables``.
-
-    ``"lbfgs"`` (strong-Wolfe line search) suits the small, smooth landmark problem and
-    converges to sub-pixel accuracy; ``"adam"`` with a cosine-decayed learning rate copes
-    with the photometric loss, whose gradients are noisier.
-    ``refresh()`` (optional) re-chooses pose-dependent correspondences: before each of
-    ``rounds`` L-BFGS runs sharing the ``steps`` (a fresh optimiser each, as the objective
-    changed), or every ``refresh_every`` Adam steps.
-    ``tolerance`` (Adam): stop once the mean loss of the last ``window`` steps is less than
-    this fraction below the mean of the ``window`` steps before.
-    """
-    history, term_history = [], {}
-    start = time.perf_counter()
-    params = [getattr(variables, g) for g in groups]
-
-    def evaluate():
-        total, terms = loss_fn()
-        _check_finite(total, variables, name, len(history))
-        history.append(float(total.detach()))
-        for key, value in zip(terms, torch.stack([t.detach() for t in terms.values()]).tolist() if terms else []):
-            term_history.setdefault(key, []).append(value)
-        if progress:
-            progress()
-        return total
-
-    if method == "lbfgs":
-        rounds = max(1, min(rounds, steps)) if refresh else 1
-        for r in range(rounds):
-            if refresh:
-                refresh()
-            budget = steps // rounds + (r < steps % rounds)
-            optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=budget, max_eval=budget, history_size=20,
-                                          tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-            def closure():
-                optimiser.zero_grad(set_to_none=True)
-                total = evaluate()
-                total.backward()
-                return total
-
-            optimiser.step(closure)
-    else:
-        optimiser = torch.optim.Adam([{"params": [p], "lr": config.lr[g]} for p, g in zip(params, groups)])
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1), eta_min=0.0)
-        for step in range(steps):
-            if refresh and refresh_every and step % refresh_every == 0:
-                refresh()
-            optimiser.zero_grad(set_to_none=True)
-            evaluate().backward()
-            optimiser.step()
-            schedule.step()
-            if tolerance > 0 and len(history) >= 2 * window and len(history) % window == 0:
-                before, last = sum(history[-2 * window:-window]), sum(history[-window:])
-                if before - last < tolerance * abs(before):
-                    break
-    if refresh:
-        refresh()
-    with torch.no_grad():
-        total, terms = loss_fn()
-    _check_finite(total, variables, name, steps)
-    final = {k: float(t) for k, t in terms.items()} | {"total": float(total)}
-    return StageReport(name, len(history), time.perf_counter() - start, final, history, term_history)
 
 
 def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, config: FitConfig | None = None,
@@ -306,9 +228,9 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
         pred = {"landmarks": term.predict(current), "identity": current.identity, "expression": current.expression}
         return stage1_loss(pred, term.target())
 
-    stages = [_run_stage("landmark", config.landmark_steps, variables,
-                         ["rotation", "translation", "log_scale", "identity", "expression"], stage1, config, progress,
-                         method="lbfgs", rounds=config.landmark_rounds, refresh=refresh)]
+    stages = [run_stage("landmark", config.landmark_steps, variables,
+                        ["rotation", "translation", "log_scale", "identity", "expression"], stage1, config, progress,
+                        method="lbfgs", rounds=config.landmark_rounds, refresh=refresh)]
 
     stage2_loss = (config.w_landmark * landmark_loss + config.w_photometric * losses.PhotometricLoss()
                    + prior + config.w_lighting * losses.LightingPrior())
@@ -320,7 +242,11 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
         return stage2_loss(pred, {"image": target_image, **term.target()})
 
     if config.photometric_steps > 0:
-        stages.append(_run_stage("photometric", config.photometric_steps, variables,
+        if config.solve_lighting:
+            with torch.no_grad():
+                variables.lighting.copy_(solve_lighting(scene, variables.current(), target_image,
+                                                        config.w_lighting / config.w_photometric, robust_rounds=3)[0])
+        stages.append(run_stage("photometric", config.photometric_steps, variables,
                                  ["rotation", "translation", "log_scale", "identity", "expression", "albedo",
                                   "lighting"], stage2, config, progress, refresh=refresh,
                                  refresh_every=config.refresh_every, tolerance=config.photometric_tolerance,

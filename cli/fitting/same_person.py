@@ -14,7 +14,6 @@ an optional extra loss (the tracker's temporal smoothness).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,8 @@ from morphable import MorphableModel, Parameters
 from ..crop import Crop, crop_image, make_crop
 from ..scene import FaceScene
 from .landmarks import FACING_FULL
-from .optimise import (LANDMARK_SOURCES, FitConfig, FitDiverged, StageReport, _closed_form_start, _run_stage,
-                       _Variables)
+from .optimise import LANDMARK_SOURCES, FitConfig, _closed_form_start, _Variables
+from .stages import StageReport, newton_stage, run_stage
 
 POSE_GROUPS = ("rotation", "translation", "log_scale")
 ALL_GROUPS = (*POSE_GROUPS, "identity", "expression", "albedo", "lighting")
@@ -58,7 +57,7 @@ class FrameTargets:
 
     @classmethod
     def prepare(cls, images, landmarks: torch.Tensor, resolution: int, crop_scale: float,
-                device: torch.device | str = "cpu", dense: torch.Tensor | None = None) -> "FrameTargets":
+                device: torch.device | str = "cpu", dense: torch.Tensor | None = None) -> FrameTargets:
         """From photos (``[3,H,W]`` each, any sizes; None: landmarks only) and their landmarks ``[T,68,2]``
         (and optionally dense points ``[T,P,2+]``), in original pixels."""
         crops = [make_crop(points, resolution, crop_scale) for points in landmarks]
@@ -71,7 +70,7 @@ class FrameTargets:
         return cls(crops, pixels, to_crop(landmarks), None if dense is None else to_crop(dense))
 
     @classmethod
-    def concat(cls, parts: list["FrameTargets"]) -> "FrameTargets":
+    def concat(cls, parts: list[FrameTargets]) -> FrameTargets:
         images = None if any(p.images is None for p in parts) else torch.cat([p.images for p in parts])
         dense = None if any(p.dense is None for p in parts) else torch.cat([p.dense for p in parts])
         return cls(sum((p.crops for p in parts), []), images, torch.cat([p.landmarks for p in parts]), dense)
@@ -83,7 +82,7 @@ class FrameTargets:
         """``[T,3]``: origin x, origin y, scale of each crop."""
         return torch.stack([c.as_tensor()[:3] for c in self.crops]).to(self.landmarks.device)
 
-    def select(self, rows: list[int]) -> "FrameTargets":
+    def select(self, rows: list[int]) -> FrameTargets:
         images = None if self.images is None else self.images[rows]
         dense = None if self.dense is None else self.dense[rows]
         return FrameTargets([self.crops[i] for i in rows], images, self.landmarks[rows], dense)
@@ -219,7 +218,7 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
         stages.append(newton_stage("landmark", steps1, variables, stage1_groups, stage1, count if per_frame else None,
                                    stage1_data if per_frame else None, coupling))
     elif steps1 > 0:
-        stages.append(_run_stage("landmark", steps1, variables, stage1_groups, stage1, config, progress,
+        stages.append(run_stage("landmark", steps1, variables, stage1_groups, stage1, config, progress,
                                  method="lbfgs"))
     stage2_loss = (config.w_landmark * landmark_loss + config.w_photometric * losses.PhotometricLoss() + prior
                    + config.w_lighting * losses.LightingPrior())
@@ -232,94 +231,9 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
         return with_extra(stage2_loss(pred, target), params)
 
     if steps2 > 0:
-        stages.append(_run_stage("photometric", steps2, variables, [g for g in ALL_GROUPS if g in groups], stage2,
+        stages.append(run_stage("photometric", steps2, variables, [g for g in ALL_GROUPS if g in groups], stage2,
                                  config, progress))
     return variables.to_parameters(), stages
-
-
-# -- a damped Newton stage for the window's landmark problem -------------------------------------
-class _Objective(torch.nn.Module):
-    """A loss function's total as a module call, so that :func:`torch.func.functional_call` can put
-    other values in ``variables``' places (and :mod:`torch.func` can differentiate it twice)."""
-
-    def __init__(self, variables: torch.nn.Module, loss_fn):
-        super().__init__()
-        self.variables, self.loss_fn = variables, loss_fn
-
-    def forward(self) -> torch.Tensor:
-        return self.loss_fn()[0]
-
-
-def newton_stage(name: str, steps: int, variables: torch.nn.Module, groups, loss_fn, frames: int | None = None,
-                 separable_fn=None, coupling_fn=None) -> StageReport:
-    """Minimise ``loss_fn`` over ``groups`` with damped Newton steps (Levenberg-Marquardt on the exact
-    Hessian, from :mod:`torch.func`).
-
-    The landmark problem (a few hundred unknowns, coupled in time or by a shared identity) is small
-    but badly conditioned: L-BFGS needs hundreds of evaluations where Newton needs a handful.
-    When ``loss_fn = separable_fn + coupling_fn`` with ``separable_fn`` a sum of independent
-    per-frame terms (every group ``[frames,k]``) and ``coupling_fn`` cheap, the Hessian of the
-    first is block-diagonal and comes from one Hessian-vector product per per-frame unknown
-    (all frames at once) instead of one per unknown: ``frames`` times fewer.
-    """
-    started = time.perf_counter()
-    tensors = {g: getattr(variables, g) for g in groups}
-    shapes = [t.shape for t in tensors.values()]
-    sizes = [t.numel() for t in tensors.values()]
-
-    def as_function(fn):
-        objective = _Objective(variables, fn)
-
-        def f(flat):
-            chunks = {f"variables.{g}": c.reshape(shape) for g, c, shape in zip(tensors, torch.split(flat, sizes), shapes)}
-            return torch.func.functional_call(objective, chunks, ())
-        return f
-
-    total = as_function(loss_fn)
-    blocks = frames is not None and separable_fn is not None
-    if blocks:
-        separable, coupling = as_function(separable_fn), as_function(coupling_fn)
-        # index[t, j]: where frame t's j-th unknown sits in the flat vector
-        offsets = torch.tensor([0] + sizes).cumsum(0)[:-1].tolist()
-        index = torch.cat([o + torch.arange(frames)[:, None] * s[1] + torch.arange(s[1])[None]
-                           for o, s in zip(offsets, shapes)], 1)
-        probes = torch.zeros(index.shape[1], sum(sizes))
-        probes[torch.arange(index.shape[1])[:, None], index.T] = 1.0  # unknown j of every frame at once
-
-    def hessian_at(x):
-        if not blocks:
-            return torch.func.jacfwd(torch.func.jacrev(total))(x)
-        gradient = torch.func.grad(separable)
-        columns = torch.func.vmap(lambda v: torch.func.jvp(gradient, (x,), (v,))[1])(probes)  # [J,N]
-        hessian = torch.func.jacfwd(torch.func.jacrev(coupling))(x).clone()
-        rows = index[:, :, None].expand(-1, -1, index.shape[1])
-        hessian[rows, rows.transpose(1, 2)] += columns[:, index].permute(1, 2, 0)
-        return hessian
-
-    x = torch.cat([t.detach().flatten() for t in tensors.values()])
-    current, damping, history = float(total(x).detach()), 1e-3, []
-    for _ in range(steps):
-        gradient = torch.func.grad(total)(x)
-        hessian = hessian_at(x)
-        diagonal = hessian.diagonal().abs().clamp_min(1e-12)
-        while damping < 1e8:
-            step = torch.linalg.solve(hessian + damping * torch.diag(diagonal), -gradient)
-            trial = float(total(x + step).detach())
-            if math.isfinite(trial) and trial <= current:
-                x, current, damping = x + step, trial, max(damping / 4, 1e-6)
-                break
-            damping *= 8
-        history.append(current)
-        if damping >= 1e8 or (len(history) > 1 and history[-2] - current <= 1e-6 * abs(current)):
-            break
-    with torch.no_grad():
-        for (g, t), chunk in zip(tensors.items(), torch.split(x, sizes)):
-            t.copy_(chunk.reshape(t.shape))
-        value, terms = loss_fn()
-    if not math.isfinite(float(value)):
-        raise FitDiverged(f"fitting diverged (NaN/inf) in the {name} stage")
-    final = {k: float(v) for k, v in terms.items()} | {"total": float(value)}
-    return StageReport(name, len(history), time.perf_counter() - started, final, history)
 
 
 @dataclass

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field, replace
 import kornia
 import torch
 
-import render
 from morphable import MorphableModel, Parameters
 
-from ..scene import FaceScene, rotation_matrix
+from ..scene import FaceScene
 from .closed_form import solve_pose
 from .optimise import FitConfig
 from .same_person import (POSE_GROUPS, FrameTargets, LandmarkTargets, closed_form_starts, landmark_trust,
                           optimise_frames, pose_to_original, to_original)
+from .stages import solve_lighting
 
 
 @dataclass
@@ -251,7 +251,8 @@ class Tracker:
         crops = crops[:count]
         with torch.no_grad():
             if self.config.lighting == "solve":
-                params.lighting, image, mask = solve_lighting(self.scene, params, window.images, self.config.fit)
+                params.lighting, image, mask = solve_lighting(
+                    self.scene, params, window.images, self.config.fit.w_lighting / self.config.fit.w_photometric)
             elif self.config.lighting == "adam" and self.config.photometric_steps > 0:
                 out = self.scene(params)
                 image, mask = out["image"], out["mask"]
@@ -272,46 +273,6 @@ class Tracker:
         self.seconds += time.perf_counter() - started
         return [FrameFit(index, original.map(lambda t, k=k: t[k:k + 1].cpu()), fitted[k].cpu(), float(error[k]),
                          float(photometric[k])) for k, index in enumerate(indices)]
-
-
-def solve_lighting(scene: FaceScene, params: Parameters, images: torch.Tensor, config: FitConfig):
-    """Each frame's SH lighting ``[B,27]`` by linear least squares, the shape and pose held.
-
-    The shaded colour is linear in the 27 coefficients (:mod:`render.shading`: albedo times the
-    band-weighted SH basis at the camera-space normal), so one render of those 27 products per
-    vertex, interpolated, gives each pixel's row of the system. It minimises the mean squared
-    colour error over the fully covered skin pixels plus ``w_lighting / w_photometric`` times
-    :class:`losses.LightingPrior` (which pulls towards white light). Returns the lighting, the
-    image it renders ``[B,3,H,W]`` and the pixels used ``[B,1,H,W]``.
-    """
-    triangles = scene.renderer.triangles
-    if scene.rows is None:
-        vertices, albedo = scene.model(params.identity, params.expression, params.albedo)
-    else:
-        vertices, albedo = scene.rows.shape(params.identity, params.expression), scene.rows.albedo(params.albedo)
-    rotation = rotation_matrix(params)
-    normals = render.vertex_normals(vertices, triangles) @ rotation.transpose(1, 2)
-    bands = normals.new_tensor([render.BAND_FACTORS[0]] + [render.BAND_FACTORS[1]] * 3 + [render.BAND_FACTORS[2]] * 5)
-    rows = (albedo[..., :, None] * (render.sh_basis(normals) * bands)[..., None, :]).flatten(2)  # [B,N,27]
-    count = len(rows)
-    out = scene.renderer(vertices, albedo, params.lighting, scene.camera, rotation, params.translation, params.scale,
-                         attributes=torch.cat([scene.skin.expand(count, -1, -1), rows], -1))
-    mask = ((out.mask > 0.999) & (out.attributes[:, :1] > 0.5)).to(images.dtype)
-    design = out.attributes[:, 1:].reshape(count, 3, 9, -1)  # [B,channel,9,pixels]
-    m = mask.reshape(count, 1, 1, -1)
-    pixels = images.reshape(count, 3, -1)
-    normal = torch.einsum("bckp,bclp->bckl", design * m, design)  # [B,3,9,9]
-    right = torch.einsum("bckp,bcp->bck", design * m, pixels)
-    total = m.sum((1, 2, 3)).clamp_min(1.0)[:, None, None]
-    system = torch.zeros(count, 27, 27, dtype=normal.dtype, device=normal.device)
-    for c in range(3):
-        system[:, 9 * c:9 * c + 9, 9 * c:9 * c + 9] = normal[:, c] / total
-    mono = torch.kron(torch.eye(3) - torch.full((3, 3), 1 / 3), torch.eye(9)).to(system)  # LightingPrior's Hessian / 2
-    ridge = 1e-6 * system.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
-    system = system + config.w_lighting / config.w_photometric * mono + ridge * torch.eye(27).to(system)
-    lighting = torch.linalg.solve(system, (right / total).reshape(count, 27) + ridge[:, 0] * params.lighting)
-    image = torch.einsum("bckp,bck->bcp", design, lighting.reshape(count, 3, 9)).reshape(images.shape)
-    return lighting, image * mask, mask
 
 
 # -- keyframes ----------------------------------------------------------------------------------

@@ -1,0 +1,244 @@
+"""How the fitters' optimisation stages run, and the exact solvers for the parts of the problem
+that are small or linear.
+
+- :func:`run_stage`: Adam (cosine-decayed, optional early stop) or L-BFGS over chosen groups.
+- :func:`newton_stage`: damped Newton (Levenberg-Marquardt on the exact Hessian from
+  :mod:`torch.func`) for the landmark problem: a few hundred unknowns, smooth but badly
+  conditioned, where L-BFGS needs hundreds of evaluations and Newton a handful.
+- :func:`solve_lighting`: each photo's 27 SH coefficients by linear least squares, the shape,
+  albedo and pose held (the shaded colour is linear in them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import render
+from morphable import Parameters
+
+from ..scene import FaceScene, rotation_matrix
+
+
+class FitDiverged(RuntimeError):
+    """The optimisation produced NaN or infinite values."""
+
+
+@dataclass
+class StageReport:
+    name: str
+    iterations: int
+    seconds: float
+    final: dict
+    history: list
+    terms: dict = field(default_factory=dict)  # each weighted loss term at every step, as history
+
+
+def check_finite(loss: torch.Tensor, variables: torch.nn.Module, stage: str, step: int) -> None:
+    if not torch.isfinite(loss) or not all(torch.isfinite(p).all() for p in variables.parameters()):
+        raise FitDiverged(f"fitting diverged (NaN/inf) in the {stage} stage at step {step}")
+
+
+def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam", rounds=1,
+               refresh=None, refresh_every=0, tolerance=0.0, window=10):
+    """Minimise ``loss_fn`` over ``groups`` of ``variables``.
+
+    ``"lbfgs"`` (strong-Wolfe line search) suits the small, smooth landmark problem and
+    converges to sub-pixel accuracy; ``"adam"`` with a cosine-decayed learning rate copes
+    with the photometric loss, whose gradients are noisier.
+    ``refresh()`` (optional) re-chooses pose-dependent correspondences: before each of
+    ``rounds`` L-BFGS runs sharing the ``steps`` (a fresh optimiser each, as the objective
+    changed), or every ``refresh_every`` Adam steps.
+    ``tolerance`` (Adam): stop once the mean loss of the last ``window`` steps is less than
+    this fraction below the mean of the ``window`` steps before.
+    """
+    history, term_history = [], {}
+    start = time.perf_counter()
+    params = [getattr(variables, g) for g in groups]
+
+    def evaluate():
+        total, terms = loss_fn()
+        check_finite(total, variables, name, len(history))
+        history.append(float(total.detach()))
+        for key, value in zip(terms, torch.stack([t.detach() for t in terms.values()]).tolist() if terms else []):
+            term_history.setdefault(key, []).append(value)
+        if progress:
+            progress()
+        return total
+
+    if method == "lbfgs":
+        rounds = max(1, min(rounds, steps)) if refresh else 1
+        for r in range(rounds):
+            if refresh:
+                refresh()
+            budget = steps // rounds + (r < steps % rounds)
+            optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=budget, max_eval=budget, history_size=20,
+                                          tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+            def closure():
+                optimiser.zero_grad(set_to_none=True)
+                total = evaluate()
+                total.backward()
+                return total
+
+            optimiser.step(closure)
+    else:
+        optimiser = torch.optim.Adam([{"params": [p], "lr": config.lr[g]} for p, g in zip(params, groups)])
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1), eta_min=0.0)
+        for step in range(steps):
+            if refresh and refresh_every and step % refresh_every == 0:
+                refresh()
+            optimiser.zero_grad(set_to_none=True)
+            evaluate().backward()
+            optimiser.step()
+            schedule.step()
+            if tolerance > 0 and len(history) >= 2 * window and len(history) % window == 0:
+                before, last = sum(history[-2 * window:-window]), sum(history[-window:])
+                if before - last < tolerance * abs(before):
+                    break
+    if refresh:
+        refresh()
+    with torch.no_grad():
+        total, terms = loss_fn()
+    check_finite(total, variables, name, steps)
+    final = {k: float(t) for k, t in terms.items()} | {"total": float(total)}
+    return StageReport(name, len(history), time.perf_counter() - start, final, history, term_history)
+
+
+class _Objective(torch.nn.Module):
+    """A loss function's total as a module call, so that :func:`torch.func.functional_call` can put
+    other values in ``variables``' places (and :mod:`torch.func` can differentiate it twice)."""
+
+    def __init__(self, variables: torch.nn.Module, loss_fn):
+        super().__init__()
+        self.variables, self.loss_fn = variables, loss_fn
+
+    def forward(self) -> torch.Tensor:
+        return self.loss_fn()[0]
+
+
+def newton_stage(name: str, steps: int, variables: torch.nn.Module, groups, loss_fn, frames: int | None = None,
+                 separable_fn=None, coupling_fn=None) -> StageReport:
+    """Minimise ``loss_fn`` over ``groups`` with damped Newton steps (Levenberg-Marquardt on the exact
+    Hessian, from :mod:`torch.func`).
+
+    The landmark problem (a few hundred unknowns, coupled in time or by a shared identity) is small
+    but badly conditioned: L-BFGS needs hundreds of evaluations where Newton needs a handful.
+    When ``loss_fn = separable_fn + coupling_fn`` with ``separable_fn`` a sum of independent
+    per-frame terms (every group ``[frames,k]``) and ``coupling_fn`` cheap, the Hessian of the
+    first is block-diagonal and comes from one Hessian-vector product per per-frame unknown
+    (all frames at once) instead of one per unknown: ``frames`` times fewer.
+    """
+    started = time.perf_counter()
+    tensors = {g: getattr(variables, g) for g in groups}
+    shapes = [t.shape for t in tensors.values()]
+    sizes = [t.numel() for t in tensors.values()]
+
+    def as_function(fn):
+        objective = _Objective(variables, fn)
+
+        def f(flat):
+            chunks = {f"variables.{g}": c.reshape(shape)
+                      for g, c, shape in zip(tensors, torch.split(flat, sizes), shapes)}
+            return torch.func.functional_call(objective, chunks, ())
+        return f
+
+    total = as_function(loss_fn)
+    blocks = frames is not None and separable_fn is not None
+    if blocks:
+        separable, coupling = as_function(separable_fn), as_function(coupling_fn)
+        # index[t, j]: where frame t's j-th unknown sits in the flat vector
+        offsets = torch.tensor([0] + sizes).cumsum(0)[:-1].tolist()
+        index = torch.cat([o + torch.arange(frames)[:, None] * s[1] + torch.arange(s[1])[None]
+                           for o, s in zip(offsets, shapes)], 1)
+        probes = torch.zeros(index.shape[1], sum(sizes))
+        probes[torch.arange(index.shape[1])[:, None], index.T] = 1.0  # unknown j of every frame at once
+
+    def hessian_at(x):
+        if not blocks:
+            return torch.func.jacfwd(torch.func.jacrev(total))(x)
+        gradient = torch.func.grad(separable)
+        columns = torch.func.vmap(lambda v: torch.func.jvp(gradient, (x,), (v,))[1])(probes)  # [J,N]
+        hessian = torch.func.jacfwd(torch.func.jacrev(coupling))(x).clone()
+        rows = index[:, :, None].expand(-1, -1, index.shape[1])
+        hessian[rows, rows.transpose(1, 2)] += columns[:, index].permute(1, 2, 0)
+        return hessian
+
+    x = torch.cat([t.detach().flatten() for t in tensors.values()])
+    current, damping, history = float(total(x).detach()), 1e-3, []
+    for _ in range(steps):
+        gradient = torch.func.grad(total)(x)
+        hessian = hessian_at(x)
+        diagonal = hessian.diagonal().abs().clamp_min(1e-12)
+        while damping < 1e8:
+            step = torch.linalg.solve(hessian + damping * torch.diag(diagonal), -gradient)
+            trial = float(total(x + step).detach())
+            if math.isfinite(trial) and trial <= current:
+                x, current, damping = x + step, trial, max(damping / 4, 1e-6)
+                break
+            damping *= 8
+        history.append(current)
+        if damping >= 1e8 or (len(history) > 1 and history[-2] - current <= 1e-6 * abs(current)):
+            break
+    with torch.no_grad():
+        for (g, t), chunk in zip(tensors.items(), torch.split(x, sizes)):
+            t.copy_(chunk.reshape(t.shape))
+        value, terms = loss_fn()
+    if not math.isfinite(float(value)):
+        raise FitDiverged(f"fitting diverged (NaN/inf) in the {name} stage")
+    final = {k: float(v) for k, v in terms.items()} | {"total": float(value)}
+    return StageReport(name, len(history), time.perf_counter() - started, final, history)
+
+
+
+
+def solve_lighting(scene: FaceScene, params: Parameters, images: torch.Tensor, prior_weight: float,
+                   robust_rounds: int = 0):
+    """Each frame's SH lighting ``[B,27]`` by linear least squares, the shape and pose held.
+
+    The shaded colour is linear in the 27 coefficients (:mod:`render.shading`: albedo times the
+    band-weighted SH basis at the camera-space normal), so one render of those 27 products per
+    vertex, interpolated, gives each pixel's row of the system. It minimises the mean squared
+    colour error over the fully covered skin pixels plus ``prior_weight`` times
+    :class:`losses.LightingPrior`, which pulls towards white light (the fitters use
+    ``w_lighting / w_photometric``). ``robust_rounds`` > 0: that many more solves, reweighted
+    (IRLS), towards the mean colour distance (not squared) that :class:`losses.PhotometricLoss`
+    measures, so that pixels the model cannot explain (hair, glasses, a hand) pull less.
+    Returns the lighting, the image it renders ``[B,3,H,W]`` and the pixels used ``[B,1,H,W]``.
+    """
+    triangles = scene.renderer.triangles
+    if scene.rows is None:
+        vertices, albedo = scene.model(params.identity, params.expression, params.albedo)
+    else:
+        vertices, albedo = scene.rows.shape(params.identity, params.expression), scene.rows.albedo(params.albedo)
+    rotation = rotation_matrix(params)
+    normals = render.vertex_normals(vertices, triangles) @ rotation.transpose(1, 2)
+    bands = normals.new_tensor([render.BAND_FACTORS[0]] + [render.BAND_FACTORS[1]] * 3 + [render.BAND_FACTORS[2]] * 5)
+    rows = (albedo[..., :, None] * (render.sh_basis(normals) * bands)[..., None, :]).flatten(2)  # [B,N,27]
+    count = len(rows)
+    out = scene.renderer(vertices, albedo, params.lighting, scene.camera, rotation, params.translation, params.scale,
+                         attributes=torch.cat([scene.skin.expand(count, -1, -1), rows], -1))
+    mask = ((out.mask > 0.999) & (out.attributes[:, :1] > 0.5)).to(images.dtype)
+    design = out.attributes[:, 1:].reshape(count, 3, 9, -1)  # [B,channel,9,pixels]
+    m = mask.reshape(count, 1, 1, -1)
+    pixels = images.reshape(count, 3, -1)
+    total = m.sum((1, 2, 3)).clamp_min(1.0)[:, None, None]
+    mono = torch.kron(torch.eye(3) - torch.full((3, 3), 1 / 3), torch.eye(9)).to(images)  # LightingPrior's Hessian / 2
+    weights, lighting = m, params.lighting
+    for _ in range(1 + robust_rounds):
+        normal = torch.einsum("bckp,bclp->bckl", design * weights, design)  # [B,3,9,9]
+        right = torch.einsum("bckp,bcp->bck", design * weights, pixels)
+        system = torch.zeros(count, 27, 27, dtype=normal.dtype, device=normal.device)
+        for c in range(3):
+            system[:, 9 * c:9 * c + 9, 9 * c:9 * c + 9] = normal[:, c] / total
+        ridge = 1e-6 * system.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
+        system = system + prior_weight * mono + ridge * torch.eye(27).to(system)
+        lighting = torch.linalg.solve(system, (right / total).reshape(count, 27) + ridge[:, 0] * lighting)
+        rendered = torch.einsum("bckp,bck->bcp", design, lighting.reshape(count, 3, 9))
+        # |r| = |r|^2 / (2 |r_old|) + const at r_old: the next solve's weights
+        distance = (rendered - pixels).norm(dim=1, keepdim=True)[:, None]  # [B,1,1,pixels]
+        weights = m / (2 * distance.clamp_min(1e-3))
+    return lighting, rendered.reshape(images.shape) * mask, mask
