@@ -30,7 +30,7 @@ def device_option():
 
 
 DETECTOR_HELP = ("Face detector: mediapipe (default: MediaPipe's face detector and 468-point mesh, Apache-2.0, "
-                 "run in PyTorch) or dlib (HOG + 68-point predictor, extra .[dlib]; the predictor is trained on "
+                 "run in PyTorch) or dlib (HOG + 68-point predictor, pip extra \\[dlib]; the predictor is trained on "
                  "iBUG 300-W, whose licence excludes commercial use).")
 
 

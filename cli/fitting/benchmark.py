@@ -1,6 +1,9 @@
 """Fitting benchmark: ``python -m cli.fitting.benchmark [--runs 3] [--device cpu]``.
 
 Prints, with the default settings and the default model:
+- ``morph fit assets/astronaut.png`` as a command (process start to outputs written), with the
+  shipped network's start and with the closed-form start: median and min wall seconds, and
+  the fit's own seconds (``report.json``);
 - end-to-end seconds per image for ``assets/astronaut.png`` (detection, crop, both stages,
   all outputs written), first run in the process and the median of the following ones;
 - the landmark stage alone (closed form + L-BFGS), median seconds;
@@ -11,7 +14,11 @@ Prints, with the default settings and the default model:
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +67,19 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}, "
           f"model {model.num_vertices} vertices / {model.num_triangles} triangles, "
           f"{config.landmark_steps} + {config.photometric_steps} steps at {config.resolution} px")
+    morph = shutil.which("morph", path=str(Path(sys.executable).parent)) or shutil.which("morph")
+    for init in ("network", "closed-form"):
+        walls, fits = [], []
+        for _ in range(args.runs):
+            with tempfile.TemporaryDirectory() as out:
+                start = time.perf_counter()
+                subprocess.run([morph, "fit", str(ASTRONAUT), "--out", out, "--init", init, "--device", args.device],
+                               check=True, capture_output=True)
+                walls.append(time.perf_counter() - start)
+                report = json.loads((Path(out) / "astronaut" / "report.json").read_text())
+                fits.append(report["seconds"])
+        print(f"morph fit astronaut.png --init {init}: command median {statistics.median(walls):.2f} s "
+              f"(min {min(walls):.2f}), fit median {statistics.median(fits):.2f} s (min {min(fits):.2f})")
     with tempfile.TemporaryDirectory() as out:
         times = []
         for _ in range(args.runs):

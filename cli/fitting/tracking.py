@@ -12,9 +12,10 @@ How (see :class:`TrackConfig` for the numbers):
 2. *Windows*: found frames are optimised ``window`` at a time as one batch (the renderer draws
    the batch at once). Each window starts from the previous frame's solution (warm start; in
    crop coordinates, so the crop around the new landmarks re-anchors position and size), then
-   runs a few L-BFGS landmark iterations and a few Adam photometric steps on pose, expression and
-   lighting, with :class:`TemporalSmoothness` tying each frame to its neighbours and to the two
-   frames solved before the window.
+   runs damped Newton iterations on pose and expression against the landmarks (and the next
+   ``lookahead`` frames' landmarks), with :class:`TemporalSmoothness` tying each frame to its
+   neighbours and to the two frames solved before the window, and solves each frame's light
+   linearly (:func:`~.stages.solve_lighting`).
 3. *Gaps*: a run of more than ``max_gap`` frames without a face starts a new segment (closed-form
    start, no smoothness across); frames without a face are filled afterwards by :func:`bridge`.
 """
