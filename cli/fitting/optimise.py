@@ -247,10 +247,10 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
                 variables.lighting.copy_(solve_lighting(scene, variables.current(), target_image,
                                                         config.w_lighting / config.w_photometric, robust_rounds=3)[0])
         stages.append(run_stage("photometric", config.photometric_steps, variables,
-                                 ["rotation", "translation", "log_scale", "identity", "expression", "albedo",
-                                  "lighting"], stage2, config, progress, refresh=refresh,
-                                 refresh_every=config.refresh_every, tolerance=config.photometric_tolerance,
-                                 window=config.photometric_window))
+                                ["rotation", "translation", "log_scale", "identity", "expression", "albedo",
+                                 "lighting"], stage2, config, progress, refresh=refresh,
+                                refresh_every=config.refresh_every, tolerance=config.photometric_tolerance,
+                                window=config.photometric_window))
     with torch.no_grad():
         final_params = variables.current()
         final = scene(final_params)

@@ -1,4 +1,5 @@
-"""The pipeline behind ``morph fit``: read a photo, find its faces (or read their landmarks), fit each, write the outputs.
+"""The pipeline behind ``morph fit``: read a photo, find its faces (or read their landmarks), fit
+each, write the outputs.
 
 One face: ``OUT/<stem>/``. Several faces (``faces="all"``, the default of ``morph fit``): one
 folder per face, ``OUT/<stem>/face_<k>/``, k = 0 for the largest, by decreasing size. A face

@@ -219,7 +219,7 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
                                    stage1_data if per_frame else None, coupling))
     elif steps1 > 0:
         stages.append(run_stage("landmark", steps1, variables, stage1_groups, stage1, config, progress,
-                                 method="lbfgs"))
+                                method="lbfgs"))
     stage2_loss = (config.w_landmark * landmark_loss + config.w_photometric * losses.PhotometricLoss() + prior
                    + config.w_lighting * losses.LightingPrior())
 
@@ -232,7 +232,7 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
 
     if steps2 > 0:
         stages.append(run_stage("photometric", steps2, variables, [g for g in ALL_GROUPS if g in groups], stage2,
-                                 config, progress))
+                                config, progress))
     return variables.to_parameters(), stages
 
 

@@ -43,7 +43,7 @@ def check_finite(loss: torch.Tensor, variables: torch.nn.Module, stage: str, ste
 
 
 def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam", rounds=1,
-               refresh=None, refresh_every=0, tolerance=0.0, window=10):
+              refresh=None, refresh_every=0, tolerance=0.0, window=10):
     """Minimise ``loss_fn`` over ``groups`` of ``variables``.
 
     ``"lbfgs"`` (strong-Wolfe line search) suits the small, smooth landmark problem and
