@@ -60,14 +60,16 @@ class TrackConfig:
     keyframe_photometric_steps: int = 40
     # Temporal smoothness: the expected size of the frame-to-frame second difference of each
     # quantity (a random-acceleration motion model; smaller = smoother). Rotation in radians,
-    # translation in crop sides, scale in log units, coefficients in their N(0, 1) units. Halving
-    # them took the jitter on frames 0-59 of the Pexels clip from 0.81 to 0.74 px (input 1.74) but
-    # left a rendered head turning 3.8 degrees per frame 1.25 degrees off at its first
-    # frame (0.85 with these): the prior lags fast motion.
-    smooth_rotation: float = 0.003
-    smooth_translation: float = 0.0012
-    smooth_scale: float = 0.0012
-    smooth_expression: float = 0.045
+    # translation in crop sides, scale in log units, coefficients in their N(0, 1) units. On the
+    # first 40 frames of the Pexels clip, halving translation, scale and expression from 0.0012,
+    # 0.0012, 0.045 took the landmark jitter from 0.98 to 0.82 px (detector 1.70, independent fits
+    # 1.67) for 0.02 px more distance to the detector's inner points; halving rotation as well
+    # changed nothing there but left a rendered head turning 3.8 degrees per frame 1.25 degrees
+    # off at its first frame (0.85 without): the prior lags fast turns.
+    smooth_rotation: float = 0.003  # radians: about 0.17 degrees per frame²
+    smooth_translation: float = 0.0006
+    smooth_scale: float = 0.0006
+    smooth_expression: float = 0.0225
     smooth_lighting: float = 0.05
     smooth_weight: float = 1.0
     max_gap: int = 12  # frames without a face that still belong to one segment
