@@ -398,3 +398,13 @@ def test_the_shipped_network_lands_the_astronauts_landmarks(face_model):
     # 1.3 px from the detector's inner points). The aim is 5 %: not reached yet.
     assert errors[17:].mean() < 0.08 * size
     assert errors.mean() < 0.08 * size
+
+
+def test_predict_writes_a_fit_folder_without_a_loss_curve(tmp_path):
+    from cli.report import OUTPUT_FILES
+
+    result = runner.invoke(app, ["predict", str(ROOT / "assets" / "astronaut.png"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "astronaut"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(set(OUTPUT_FILES) - {"loss_curve.png"})
+    assert "No optimisation" in (folder / "report.html").read_text()

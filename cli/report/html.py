@@ -120,7 +120,7 @@ def _stage_table(report: dict) -> str:
 
 
 def report_html(name: str, photo: np.ndarray, overlay: np.ndarray, target: np.ndarray, fitted: np.ndarray,
-                mesh: dict, textures: dict[str, bytes], loss_png: bytes, report: dict, files: list[str]) -> str:
+                mesh: dict, textures: dict[str, bytes], loss_png: bytes | None, report: dict, files: list[str]) -> str:
     """The page for one fit (the template ``report.html`` beside this file, filled in).
 
     Args:
@@ -129,7 +129,8 @@ def report_html(name: str, photo: np.ndarray, overlay: np.ndarray, target: np.nd
         target, fitted: ``[68,2]`` landmarks in the photo's pixels.
         mesh: :func:`viewer_mesh`'s arrays.
         textures: viewer mode name (``photo``, ``albedo``) -> JPEG bytes of the texture.
-        loss_png: the loss curve; report: ``report.json``'s content; files: the folder's files.
+        loss_png: the loss curve (None: nothing was optimised, e.g. a network's prediction);
+        report: ``report.json``'s content; files: the folder's files.
     """
     h, w = photo.shape[:2]
     escape = html.escape
@@ -142,7 +143,9 @@ def report_html(name: str, photo: np.ndarray, overlay: np.ndarray, target: np.nd
         overlay=data_uri(encode_image(overlay, max_side=PHOTO_MAX_SIDE), "image/jpeg"),
         landmarks=_landmark_svg(target, fitted, w, h),
         modes="".join(f'<button data-mode="{m}">{m}</button>' for m in [*textures, "shape"]),
-        loss_curve=data_uri(loss_png, "image/png"),
+        losses=(f'<figure><img src="{data_uri(loss_png, "image/png")}" alt="loss curve" style="max-width:100%">'
+                '</figure>' if loss_png is not None else "<p>No optimisation: the parameters are a network's "
+                "prediction.</p>"),
         figures="".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _figures(report)),
         stages=_stage_table(report), report_json=escape(json.dumps(report, indent=1)),
         texture_images="".join(f'<img data-texture="{k}" alt="{k} texture" title="{k}" '

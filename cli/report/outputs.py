@@ -20,7 +20,7 @@ from .plot import loss_curve
 from .texture import TEXTURE_SIZE, bake
 
 # What a fit writes (the texture files, mesh.mtl and mesh.glb need a model with UVs; the
-# default model has them).
+# default model has them; a network's prediction, with no optimisation, has no loss_curve.png).
 OUTPUT_FILES = ("params.safetensors", "mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb", "texture.png", "albedo.png",
                 "overlay.png", "landmarks.json", "report.json", "loss_curve.png", "report.html")
 TEXTURE_JPEG_QUALITY = 92  # the report's and the GLB's copies of the textures
@@ -54,7 +54,9 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
                          "model": model.metadata.get("name", ""), "source": source})
         with torch.no_grad():
             vertices, albedo = model(p.identity, p.expression, p.albedo)
-        loss_png = later(lambda: encode_image(loss_curve(result.stages, f"Fitting losses: {name}"), fmt="PNG"))
+        optimised = any(stage.history for stage in result.stages)  # a network's prediction has no steps
+        loss_png = later(lambda: encode_image(loss_curve(result.stages, f"Fitting losses: {name}"), fmt="PNG")
+                         if optimised else None)
         later(save_mesh, tmp / "mesh.ply", vertices[0], model.triangles, albedo[0])
         h, w = image.shape[1:]
         view = render_view(model, p, result.crop, h, w)
@@ -104,7 +106,8 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
             later(save_mesh, tmp / "mesh.obj", vertices[0], model.triangles, albedo[0])
             uv, uv_triangles = torch.zeros(model.num_vertices, 2).numpy(), model.triangles.numpy()
         mesh = viewer_mesh(vertices[0].numpy(), normals.numpy(), model.triangles.numpy(), uv, uv_triangles)
-        (tmp / "loss_curve.png").write_bytes(loss_png.result())
+        if optimised:
+            (tmp / "loss_curve.png").write_bytes(loss_png.result())
         for job in jobs:
             job.result()  # a failed write fails the image before its folder appears
         files = sorted(f.name for f in tmp.iterdir()) + ["report.html"]
