@@ -1,4 +1,5 @@
-"""Files in and out: photos, landmark files, folders of images; PNG/JSON and whole folders written atomically.
+"""Files in and out: photos, landmark files and tracks, folders of images; PNG/JSON and whole folders
+written atomically.
 
 Every read failure is an :class:`InputError` naming the file.
 """
@@ -80,7 +81,7 @@ def read_landmarks(path: Path) -> torch.Tensor:
     suffix = path.suffix.lower()
     if suffix not in LANDMARK_SUFFIXES:
         raise InputError(f"{path}: unknown landmark format (use {', '.join(sorted(LANDMARK_SUFFIXES))})")
-    try:
+    with _reading(path, "landmarks"):
         if suffix == ".pts":
             points = _read_pts(path) - 0.5
         elif suffix == ".json":
@@ -88,18 +89,52 @@ def read_landmarks(path: Path) -> torch.Tensor:
             points = np.asarray(data["landmarks"] if isinstance(data, dict) else data, dtype=np.float64)
         else:
             points = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read landmarks ({type(exc).__name__}: {exc})") from None
     points = np.asarray(points, dtype=np.float64)
     if points.shape != (68, 2):
         raise InputError(f"{path}: expected 68 landmarks as 68x2, got shape {list(points.shape)}")
     if not np.isfinite(points).all():
         raise InputError(f"{path}: landmarks contain NaN or infinite values")
     return torch.tensor(points, dtype=torch.float32)
+
+
+def read_landmark_track(path: Path, frames: int | None = None) -> torch.Tensor:
+    """68 landmarks per frame ``[T,68,2]`` (source pixels, morph's convention); NaN rows: no face.
+
+    Formats: ``.json`` (a list with, per frame, 68 [x, y] or null) and ``.npy`` (``[T,68,2]``, NaN
+    for frames without a face). ``frames``: the clip's frame count, checked when given.
+    """
+    path = Path(path)
+    with _reading(path, "the landmark track"):
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            data = data["landmarks"] if isinstance(data, dict) else data
+            rows = [np.full((68, 2), np.nan) if row is None else np.asarray(row, dtype=np.float64) for row in data]
+            points = np.stack(rows) if rows else np.zeros((0, 68, 2))
+        elif path.suffix.lower() == ".npy":
+            points = np.load(path, allow_pickle=False).astype(np.float64)
+        else:
+            raise InputError(f"{path}: a landmark track is .json or .npy")
+    if points.ndim != 3 or points.shape[1:] != (68, 2) or len(points) == 0:
+        raise InputError(f"{path}: expected 68 landmarks per frame as [T,68,2], got shape {list(points.shape)}")
+    if frames is not None and len(points) != frames:
+        raise InputError(f"{path}: {len(points)} frames of landmarks for a clip of {frames} frames")
+    bad = (np.isnan(points).any((1, 2)) & ~np.isnan(points).all((1, 2))) | np.isinf(points).any((1, 2))
+    if bad.any():
+        raise InputError(f"{path}: frame {int(np.argmax(bad))} has missing or infinite values")
+    return torch.tensor(points, dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str):
+    """Turn a failure to read ``path`` into one :class:`InputError` line naming the file."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except InputError:
+        raise
+    except Exception as exc:  # parsers raise many types for malformed data
+        raise InputError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from None
 
 
 def _read_pts(path: Path) -> np.ndarray:

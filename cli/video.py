@@ -13,7 +13,6 @@ Every failure to read is an :class:`InputError` naming the file.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import warnings
@@ -202,36 +201,3 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self._writer.close()
-
-
-def read_landmark_track(path: Path, frames: int | None = None) -> torch.Tensor:
-    """68 landmarks per frame ``[T,68,2]`` (source pixels, morph's convention); NaN rows: no face.
-
-    Formats: ``.json`` (a list with, per frame, 68 [x, y] or null) and ``.npy`` (``[T,68,2]``, NaN
-    for frames without a face). ``frames``: the clip's frame count, checked when given.
-    """
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
-            data = data["landmarks"] if isinstance(data, dict) else data
-            rows = [np.full((68, 2), np.nan) if row is None else np.asarray(row, dtype=np.float64) for row in data]
-            points = np.stack(rows) if rows else np.zeros((0, 68, 2))
-        elif path.suffix.lower() == ".npy":
-            points = np.load(path, allow_pickle=False).astype(np.float64)
-        else:
-            raise InputError(f"{path}: a landmark track is .json or .npy")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read the landmark track ({type(exc).__name__}: {exc})") from None
-    if points.ndim != 3 or points.shape[1:] != (68, 2) or len(points) == 0:
-        raise InputError(f"{path}: expected 68 landmarks per frame as [T,68,2], got shape {list(points.shape)}")
-    if frames is not None and len(points) != frames:
-        raise InputError(f"{path}: {len(points)} frames of landmarks for a clip of {frames} frames")
-    bad = (np.isnan(points).any((1, 2)) & ~np.isnan(points).all((1, 2))) | np.isinf(points).any((1, 2))
-    if bad.any():
-        raise InputError(f"{path}: frame {int(np.argmax(bad))} has missing or infinite values")
-    return torch.tensor(points, dtype=torch.float32)

@@ -22,7 +22,8 @@ from cli.fitting.clip import drop_isolated, find_faces, fit_clip, fit_clip_and_w
 from cli.fitting.same_person import fit_same_person
 from cli.fitting.tracking import TrackConfig, bridge, jitter, select_keyframes
 from cli.sample_data import SampleUnavailable, sample_clip
-from cli.video import FrameReader, VideoWriter, read_landmark_track
+from cli.files import read_landmark_track
+from cli.video import FrameReader, VideoWriter
 from morphable import MorphableModel, Parameters
 
 ROOT = Path(__file__).resolve().parents[1]

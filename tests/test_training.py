@@ -22,8 +22,8 @@ from cli.crop import make_crop
 from cli.defaults import load_model
 from cli.files import read_landmarks
 from cli.scene import FaceScene
-from cli.training import (MIRROR_68, AugmentConfig, BatchStream, Dataset, DatasetError, NetworkFileError,
-                          ParameterRegressor, ShardWriter, TrainConfig, TrainingDiverged, augment, split, synthesize,
+from cli.training import (MIRROR_68, AugmentConfig, BatchStream, Dataset, NetworkFileError,
+                          ParameterRegressor, ShardWriter, TrainConfig, augment, split, synthesize,
                           train)
 from cli.training.checkpoint import load_checkpoint
 from cli.training.loader import Batch

@@ -264,7 +264,7 @@ def fit_clip_and_write(path: Path, out_root: Path, model: MorphableModel, config
     """Track the clip (a video file or a folder of frames) at ``path`` and write ``out_root/<name>/``
     (:func:`cli.report.video.write_clip_outputs`); returns the report."""
     from ..report.video import write_clip_outputs
-    from ..video import read_landmark_track
+    from ..files import read_landmark_track
 
     started = time.perf_counter()
     reader = FrameReader(path, fps)
