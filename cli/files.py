@@ -161,6 +161,15 @@ def collect_images(paths: list[Path]) -> list[Path]:
     return images
 
 
+def annotated_images(folder: Path):
+    """The images of ``folder`` (as :func:`collect_images`) that have a ``.pts`` beside them, with
+    their ground truth: yields ``(image path, landmarks [68,2])``."""
+    for path in collect_images([folder]):
+        pts = path.with_suffix(".pts")
+        if pts.is_file():
+            yield path, read_landmarks(pts)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text``, atomically."""
     with atomic_path(path) as tmp:

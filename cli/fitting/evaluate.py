@@ -10,7 +10,7 @@ from morphable import MorphableModel
 
 from ..detect import DEFAULT_DETECTOR
 from ..errors import InputError
-from ..files import collect_images, read_landmarks
+from ..files import annotated_images
 from .optimise import FitConfig, FitDiverged
 from .pipeline import _fit_prepared, prepare
 
@@ -36,11 +36,7 @@ def evaluate(folder: Path, model: MorphableModel, config: FitConfig, device: str
     """
     compared = {**COMPARED, **(NETWORK if network is not None else {})}
     rows = []
-    for image_path in collect_images([folder]):
-        pts = image_path.with_suffix(".pts")
-        if not pts.is_file():
-            continue
-        truth = read_landmarks(pts)
+    for image_path, truth in annotated_images(folder):
         row = {"image": image_path.name}
         try:
             prepared = prepare(image_path, detector=detector)

@@ -19,7 +19,7 @@ from morphable import MorphableModel
 
 from ..crop import crop_image, make_crop
 from ..detect import DEFAULT_DETECTOR, NoFaceFound, detect_landmarks
-from ..files import collect_images, load_image, read_landmarks
+from ..files import annotated_images, load_image
 from ..scene import FaceScene
 from .network import ParameterRegressor
 
@@ -32,11 +32,7 @@ def evaluate_network(folder: Path, net: ParameterRegressor, model: MorphableMode
     net.eval()
     scene = FaceScene(model.to(device), net.input_size).to(device)
     rows = []
-    for path in collect_images([folder]):
-        pts = path.with_suffix(".pts")
-        if not pts.is_file():
-            continue
-        truth = read_landmarks(pts)
+    for path, truth in annotated_images(folder):
         image = load_image(path)
         row = {"image": path.name}
         try:
