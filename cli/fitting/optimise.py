@@ -157,6 +157,23 @@ class _Variables(torch.nn.Module):
         return self.current().detach()
 
 
+def stage_losses(config: FitConfig, resolution: int, sigma: float, photos: dict[str, int] | None = None):
+    """The landmark stage's loss (landmarks + shape priors) and the photometric stage's (+ colour,
+    albedo and lighting priors) for crops of ``resolution`` px and landmarks of noise ``sigma`` px
+    (the shape priors scale with sigma²: a MAP estimate). ``photos``: for groups shared by several
+    photos (``{"identity": T}``), their prior is divided by the count, as the data term is the
+    mean over the photos."""
+    photos = photos or {}
+    landmark = losses.LandmarkLoss(scale=resolution, robust=config.robust, robust_scale=config.robust_scale_px)
+    prior = losses.CoefficientPrior(config.w_prior_identity * sigma**2 / photos.get("identity", 1),
+                                    config.w_prior_expression * sigma**2,
+                                    config.w_prior_albedo / photos.get("albedo", 1))
+    stage1 = config.w_landmark * landmark + prior
+    stage2 = (config.w_landmark * landmark + config.w_photometric * losses.PhotometricLoss() + prior
+              + config.w_lighting * losses.LightingPrior())
+    return stage1, stage2
+
+
 def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, config: FitConfig | None = None,
         device: str | torch.device = "cpu", backend: str | None = None, progress=None,
         landmark_source: str = "annotation", start: Parameters | None = None, *, dense: torch.Tensor | None = None,
@@ -215,10 +232,7 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
         params = crop.pose_from_original(start.to(device))
     variables = _Variables(params).to(device)
 
-    landmark_loss = losses.LandmarkLoss(scale=res, robust=config.robust, robust_scale=config.robust_scale_px)
-    prior = losses.CoefficientPrior(config.w_prior_identity * sigma**2, config.w_prior_expression * sigma**2,
-                                    config.w_prior_albedo)
-    stage1_loss = config.w_landmark * landmark_loss + prior
+    stage1_loss, stage2_loss = stage_losses(config, res, sigma)
 
     def refresh():
         term.refresh(variables.current())
@@ -231,9 +245,6 @@ def fit(image: torch.Tensor, landmarks: torch.Tensor, model: MorphableModel, con
     stages = [run_stage("landmark", config.landmark_steps, variables,
                         ["rotation", "translation", "log_scale", "identity", "expression"], stage1, config, progress,
                         method="lbfgs", rounds=config.landmark_rounds, refresh=refresh)]
-
-    stage2_loss = (config.w_landmark * landmark_loss + config.w_photometric * losses.PhotometricLoss()
-                   + prior + config.w_lighting * losses.LightingPrior())
 
     def stage2():
         current = variables.current()

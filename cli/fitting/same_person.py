@@ -20,14 +20,13 @@ from pathlib import Path
 
 import torch
 
-import losses
 import render
 from morphable import MorphableModel, Parameters
 
 from ..crop import Crop, crop_image, make_crop
 from ..scene import FaceScene
 from .landmarks import FACING_FULL
-from .optimise import LANDMARK_SOURCES, FitConfig, _closed_form_start, _Variables
+from .optimise import LANDMARK_SOURCES, FitConfig, _closed_form_start, _Variables, stage_losses
 from .stages import StageReport, newton_stage, run_stage
 
 POSE_GROUPS = ("rotation", "translation", "log_scale")
@@ -179,11 +178,8 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
     device = targets.landmarks.device
     variables = _Variables(start.to(device), shared).to(device)
     points = LandmarkTargets(scene, targets, start, jaw_weight)
-    landmark_loss = losses.LandmarkLoss(scale=scene.resolution, robust=getattr(config, "robust", None),
-                                        robust_scale=getattr(config, "robust_scale_px", 4.0)).to(device)
-    per = {g: (1.0 / count if g in shared else 1.0) for g in ("identity", "albedo")}
-    prior = losses.CoefficientPrior(config.w_prior_identity * sigma**2 * per["identity"],
-                                    config.w_prior_expression * sigma**2, config.w_prior_albedo * per["albedo"])
+    stage1_loss, stage2_loss = (loss.to(device) for loss in stage_losses(
+        config, scene.resolution, sigma, {g: count for g in ("identity", "albedo") if g in shared}))
     target = {**points.target, "image": targets.images}
 
     def with_extra(total_terms, params):
@@ -192,8 +188,6 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
         total, terms = total_terms
         extra_total, extra_terms = extra_loss(params)
         return total + extra_total, {**terms, **extra_terms}
-
-    stage1_loss = config.w_landmark * landmark_loss + prior
 
     def stage1_data():
         params = variables.current()
@@ -220,9 +214,6 @@ def optimise_frames(scene: FaceScene, targets: FrameTargets, start: Parameters, 
     elif steps1 > 0:
         stages.append(run_stage("landmark", steps1, variables, stage1_groups, stage1, config, progress,
                                 method="lbfgs"))
-    stage2_loss = (config.w_landmark * landmark_loss + config.w_photometric * losses.PhotometricLoss() + prior
-                   + config.w_lighting * losses.LightingPrior())
-
     def stage2():
         params = variables.current()
         pred = scene(params)
