@@ -90,7 +90,8 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
         normals = render.vertex_normals(vertices, model.triangles)[0]
         textures = {}
         if model.uv is not None:
-            baked = bake(model, result.crop.pose_to_original(p), image, view.depth[0], view.mask[0], texture_size)
+            baked = bake(model, result.crop.pose_to_original(p), image, view.depth[0], view.mask[0], texture_size,
+                         surface=(vertices[0], albedo[0], normals))
             for file, key, texture in (("texture.png", "photo", baked.texture), ("albedo.png", "albedo", baked.albedo)):
                 pixels = to_uint8(texture)
                 later(lambda f, x: (tmp / f).write_bytes(encode_image(x, fmt="PNG")), file, pixels)

@@ -6,6 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 TOTAL_COLOUR = "black"
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _decade_label(value: float, _position=None) -> str:
+    """``1e-3`` -> ``10⁻³`` in plain Unicode (matplotlib's default log labels are mathtext,
+    whose parser costs most of the drawing)."""
+    return "10" + str(round(np.log10(value))).translate(SUPERSCRIPT) if value > 0 else ""
 
 
 def loss_figure(stages, title: str):
@@ -13,7 +20,7 @@ def loss_figure(stages, title: str):
     (the total per step) and ``terms`` (name -> values per step), as ``StageReport``), one
     after another along the step axis."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     fig = Figure(figsize=(8, 4.5), dpi=100)
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)  # fixed margins: a layout engine costs 0.2 s
@@ -34,6 +41,7 @@ def loss_figure(stages, title: str):
         offset += len(stage.history)
     ax.set_yscale("log", nonpositive="mask")
     ax.yaxis.set_minor_locator(NullLocator())  # decades are enough, and minor log ticks cost half the drawing
+    ax.yaxis.set_major_formatter(FuncFormatter(_decade_label))
     ax.set_xlim(0, max(offset - 1, 1))
     ax.set_xlabel("step (loss evaluations, stages one after another)")
     ax.set_ylabel("loss (weighted terms; log scale)")
