@@ -1,7 +1,8 @@
 """How the fitters' optimisation stages run, and the exact solvers for the parts of the problem
 that are small or linear.
 
-- :func:`run_stage`: Adam (cosine-decayed, optional early stop) or L-BFGS over chosen groups.
+- :func:`run_stage`: Adam (cosine-decayed, optional early stop) or L-BFGS over chosen groups
+  (both from :mod:`.minimise`).
 - :func:`newton_stage`: damped Newton (Levenberg-Marquardt on the exact Hessian from
   :mod:`torch.func`) for the landmark problem: a few hundred unknowns, smooth but badly
   conditioned, where L-BFGS needs hundreds of evaluations and Newton a handful.
@@ -21,6 +22,7 @@ import render
 from morphable import Parameters
 
 from ..scene import FaceScene, rotation_matrix
+from .minimise import Adam, lbfgs
 
 
 class FitDiverged(RuntimeError):
@@ -75,26 +77,20 @@ def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, me
             if refresh:
                 refresh()
             budget = steps // rounds + (r < steps % rounds)
-            optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=budget, max_eval=budget, history_size=20,
-                                          tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
             def closure():
-                optimiser.zero_grad(set_to_none=True)
                 total = evaluate()
                 total.backward()
                 return total
 
-            optimiser.step(closure)
+            lbfgs(params, closure, budget)
     else:
-        optimiser = torch.optim.Adam([{"params": [p], "lr": config.lr[g]} for p, g in zip(params, groups)])
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1), eta_min=0.0)
+        optimiser = Adam(params, [config.lr[g] for g in groups], steps=max(steps, 1))
         for step in range(steps):
             if refresh and refresh_every and step % refresh_every == 0:
                 refresh()
-            optimiser.zero_grad(set_to_none=True)
             evaluate().backward()
             optimiser.step()
-            schedule.step()
             if tolerance > 0 and len(history) >= 2 * window and len(history) % window == 0:
                 before, last = sum(history[-2 * window:-window]), sum(history[-window:])
                 if before - last < tolerance * abs(before):
