@@ -29,6 +29,7 @@ every render. Then:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -99,11 +100,19 @@ def render(vertices: torch.Tensor, triangles: torch.Tensor, albedo: torch.Tensor
     return img, pixels, visible
 
 
+@functools.cache
+def _detector():
+    from cli.detect import REFINE
+    from cli.detect.mediapipe import MediaPipeDetector
+
+    # float64: float32 convolutions round differently on AVX2 and AVX-512 CPUs, which moved the
+    # points by up to 0.02 px and changed the embedding's bytes from one machine to the next.
+    return MediaPipeDetector(refine=REFINE, dtype=torch.float64)
+
+
 def detect(image: np.ndarray) -> np.ndarray:
     """MediaPipe's 468 points ``[468,3]`` (morph's pixel convention) of the one face in a render."""
-    from cli.detect import detect_faces
-
-    faces = detect_faces(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    faces = _detector().detect(torch.from_numpy(image).permute(2, 0, 1).double() / 255)[0]
     if len(faces) != 1:
         raise RuntimeError(f"MediaPipe found {len(faces)} faces on a render, expected 1")
     return faces[0].dense.double().numpy()

@@ -198,6 +198,15 @@ def test_batch_gives_the_same_faces_as_one_by_one(detector, astronaut):
         assert torch.allclose(batched[k][0].box, alone[0].box, atol=1e-4)
 
 
+
+def test_float64_networks_give_the_float32_points(detector, astronaut):
+    """The default model's build runs the detector in float64 (bit-stable across CPUs); it must be the same detector."""
+    double = MediaPipeDetector(pyramid=False, dtype=torch.float64)
+    single, wide = detector.detect(astronaut)[0], double.detect(astronaut.double())[0]
+    assert len(single) == len(wide) == 1
+    assert wide[0].dense.dtype == torch.float64
+    assert (wide[0].dense[:, :2] - single[0].dense[:, :2]).norm(dim=-1).max() < 0.05
+    assert abs(wide[0].score - single[0].score) < 1e-4
 # --- odd photos -------------------------------------------------------------------------------------
 
 def test_no_face_raises_no_face_found(wheel):

@@ -106,13 +106,13 @@ def weighted_nms(boxes: torch.Tensor, keypoints: torch.Tensor, scores: torch.Ten
 class BlazeFace:
     """One BlazeFace model on a device: ``detect(images, index, center, side, threshold)``."""
 
-    def __init__(self, kind: str = "short", device: str | torch.device = "cpu"):
+    def __init__(self, kind: str = "short", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         if kind not in SPECS:
             raise ValueError(f"unknown BlazeFace model {kind!r} (use {', '.join(SPECS)})")
         self.spec = SPECS[kind]
         self.device = torch.device(device)
-        self.net = load_network(self.spec.model, self.device)
-        self.anchors = ssd_anchor_centers(self.spec).to(self.device)
+        self.net = load_network(self.spec.model, self.device, dtype)
+        self.anchors = ssd_anchor_centers(self.spec).to(self.device, dtype)
 
     @torch.no_grad()
     def raw(self, tensors: torch.Tensor):
@@ -131,7 +131,7 @@ class BlazeFace:
         after weighted NMS within the window, best first.
         """
         results = []
-        zero = torch.zeros(len(index), device=images.device)
+        zero = images.new_zeros(len(index))
         for start in range(0, len(index), batch):
             part = slice(start, start + batch)
             tensors = warp.crop(images, index[part], center[part], side[part], zero[part], self.spec.size, "zero")

@@ -31,19 +31,22 @@ class MediaPipeDetector:
     ``threshold``: minimum detection score (MediaPipe's default 0.5); ``model``: BlazeFace
     ``"short"`` (MediaPipe's face mesh default), ``"full"`` or ``"both"`` (merged);
     ``pyramid``: also search tiles of large images; ``presence``: minimum mesh face presence;
-    ``refine``: extra mesh passes from the mesh's own ROI.
+    ``refine``: extra mesh passes from the mesh's own ROI; ``dtype``: the networks' arithmetic.
+    float32 convolutions round differently on different CPU instruction sets (the points move by
+    up to ~0.02 px between AVX2 and AVX-512 machines); ``torch.float64`` gives the same points on
+    any CPU to far below that, at several times the cost (the default model's build uses it).
     """
 
     name = "mediapipe"
 
     def __init__(self, device: str | torch.device = "cpu", threshold: float = 0.5, model: str = "short",
-                 pyramid: bool = True, presence: float = 0.5, refine: int = 0):
+                 pyramid: bool = True, presence: float = 0.5, refine: int = 0, dtype: torch.dtype = torch.float32):
         if not 0 <= threshold <= 1:
             raise ValueError(f"detection threshold must be in [0, 1], got {threshold}")
-        self.device = torch.device(device)
+        self.device, self.dtype = torch.device(device), dtype
         kinds = ("short", "full") if model == "both" else (model,)
-        self.detectors = [blazeface.BlazeFace(kind, self.device) for kind in kinds]
-        self.mesh = facemesh.FaceMesh(self.device)
+        self.detectors = [blazeface.BlazeFace(kind, self.device, dtype) for kind in kinds]
+        self.mesh = facemesh.FaceMesh(self.device, dtype)
         self.threshold, self.pyramid, self.presence, self.refine = threshold, pyramid, presence, refine
 
     def windows(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +61,7 @@ class MediaPipeDetector:
                     centers.append((cx, cy))
                     sides.append(side)
             level += 1
-        return torch.tensor(centers), torch.tensor(sides)
+        return torch.tensor(centers, dtype=self.dtype), torch.tensor(sides, dtype=self.dtype)
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor | list[torch.Tensor]) -> list[list[Face]]:
@@ -68,7 +71,7 @@ class MediaPipeDetector:
         groups = [images] if isinstance(images, torch.Tensor) else [img[None] for img in images]
         results = []
         for group in groups:  # images of one size run as one batch
-            results += self._detect_batch(group.float().to(self.device))
+            results += self._detect_batch(group.to(self.device, self.dtype))
         return results
 
     def _detect_batch(self, images: torch.Tensor) -> list[list[Face]]:

@@ -37,9 +37,9 @@ def roi_from_detection(boxes: torch.Tensor, keypoints: torch.Tensor):
 class FaceMesh:
     """The 468-point face landmark model on a device."""
 
-    def __init__(self, device: str | torch.device = "cpu"):
+    def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
-        self.net = load_network("face_landmark", self.device)
+        self.net = load_network("face_landmark", self.device, dtype)
 
     @torch.no_grad()
     def raw(self, crops: torch.Tensor):

@@ -139,13 +139,15 @@ def _load_cpu(name: str) -> GraphModule:
     raise AssertionError("unreachable")
 
 
-def load_network(name: str, device: str | torch.device = "cpu") -> GraphModule:
-    """MediaPipe network ``name`` (a key of :data:`MODELS`) as a module on ``device``; cached per process."""
+def load_network(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GraphModule:
+    """MediaPipe network ``name`` (a key of :data:`MODELS`) as a module on ``device`` in ``dtype``; cached per process."""
     module = _load_cpu(name)
-    return module if torch.device(device).type == "cpu" else _on_device(name, str(torch.device(device)))
+    if torch.device(device).type == "cpu" and dtype == torch.float32:
+        return module
+    return _on_device(name, str(torch.device(device)), dtype)
 
 
 @functools.cache
-def _on_device(name: str, device: str) -> GraphModule:
+def _on_device(name: str, device: str, dtype: torch.dtype) -> GraphModule:
     import copy
-    return copy.deepcopy(_load_cpu(name)).to(device)
+    return copy.deepcopy(_load_cpu(name)).to(device, dtype)
