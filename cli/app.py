@@ -121,9 +121,11 @@ def _config(resolution: int, steps: int, landmark_steps: int) -> FitConfig:
 
 ModelOption = model_option()
 DeviceOption = device_option()
-ResolutionOption = typer.Option(FitConfig.resolution, "--resolution", "-r", min=64, max=1024, help="Working resolution of the crop (pixels).")
+ResolutionOption = typer.Option(FitConfig.resolution, "--resolution", "-r", min=64, max=1024,
+                                help="The crop's side in pixels (the landmark stage's frame; the photometric stage "
+                                     "draws it at 128 px).")
 StepsOption = typer.Option(FitConfig.photometric_steps, "--steps", min=0, help="Photometric-stage iterations (0: landmarks only).")
-LandmarkStepsOption = typer.Option(FitConfig.landmark_steps, "--landmark-steps", min=1, help="Landmark-stage iterations (L-BFGS evaluations).")
+LandmarkStepsOption = typer.Option(FitConfig.landmark_steps, "--landmark-steps", min=1, help="Landmark-stage iterations at most (Gauss-Newton steps).")
 
 
 @app.command("fit")

@@ -151,12 +151,13 @@ class FaceScene(nn.Module):
     def contour(self, params: Parameters, choice: torch.Tensor | None = None):
         """The 17 jaw points on the visible outline under the pose of ``params``: (``[B,17,2]`` crop
         pixels, the chosen sample of each contour line ``[B,17]``). ``choice`` fixes the samples
-        (e.g. kept for a few steps) instead of choosing them anew."""
+        (e.g. kept for a few steps; one ``[1,17]`` serves a whole batch) instead of choosing them anew."""
         rows, index, directions = self._contour_setup()
         pixels = self.project(rows.shape(params.identity, params.expression), params)[:, index]  # [B,17,L,2]
         if choice is None:
             choice = select_contour(pixels, image_outward(directions, rotation_matrix(params)))
-        picked = torch.gather(pixels, 2, choice[:, :, None, None].expand(-1, -1, 1, 2))[:, :, 0]
+        index = choice.expand(len(pixels), -1)[:, :, None, None].expand(-1, -1, 1, 2)  # one choice for a batch too
+        picked = torch.gather(pixels, 2, index)[:, :, 0]
         return picked, choice
 
     def outline_landmarks(self, params: Parameters) -> torch.Tensor:

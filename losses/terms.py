@@ -14,6 +14,11 @@ target: ``landmarks [B,P,2]`` pixels; ``image [B,3,H,W]``; optional ``landmark_w
 
 A single loss returns a scalar tensor; a sum (or a weighted loss) returns
 ``(total, {name: weighted value})`` so the terms can be logged.
+
+Least-squares losses also give ``residuals(prediction, target, at=None) -> [B,M]`` for
+Gauss-Newton solvers: row b's squares sum to the loss of sample b alone. A robust loss gives
+iteratively reweighted residuals, its weights taken at the prediction ``at`` (default: this
+one), so that at ``at`` their sum of squares has the loss's gradient.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ class Loss(nn.Module):
 
     def __add__(self, other) -> "WeightedSum":
         return WeightedSum([(1.0, self)]) + other
+
+    def residuals(self, prediction: dict, target: dict, at: dict | None = None) -> torch.Tensor:
+        """``[B,M]`` residuals, row b's squares summing to sample b's loss (least-squares losses only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a least-squares loss")
 
 
 class WeightedSum(nn.Module):
@@ -64,6 +73,11 @@ class WeightedSum(nn.Module):
     def forward(self, prediction: dict, target: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms = {loss.name: w * loss(prediction, target) for w, loss in zip(self.weights, self.losses)}
         return sum(terms.values()), terms
+
+    def residuals(self, prediction: dict, target: dict, at: dict | None = None) -> torch.Tensor:
+        """``[B,M]``: every term's residuals times the square root of its weight, concatenated."""
+        return torch.cat([w**0.5 * loss.residuals(prediction, target, at) for w, loss in zip(self.weights, self.losses)
+                          if w], 1)
 
 
 def deep3d_landmark_weights() -> torch.Tensor:
@@ -105,8 +119,7 @@ class LandmarkLoss(Loss):
         self.scale = float(scale)
         self.robust, self.robust_scale = robust, float(robust_scale)
 
-    def forward(self, prediction: dict, target: dict) -> torch.Tensor:
-        pred, gt = prediction["landmarks"], target["landmarks"]
+    def _point_weights(self, pred: torch.Tensor, target: dict) -> torch.Tensor:
         if self.weights is None:
             w = torch.ones_like(pred[..., 0])
         elif self.weights.shape[0] != pred.shape[1]:
@@ -115,11 +128,30 @@ class LandmarkLoss(Loss):
             w = self.weights.to(pred.dtype).expand(pred.shape[0], -1)
         if "landmark_weights" in target:
             w = w * target["landmark_weights"]
+        return w
+
+    def forward(self, prediction: dict, target: dict) -> torch.Tensor:
+        pred, gt = prediction["landmarks"], target["landmarks"]
+        w = self._point_weights(pred, target)
         sq = ((pred - gt) ** 2).sum(-1)
         if self.robust == "geman-mcclure":
             c2 = self.robust_scale**2
             sq = c2 * sq / (sq + c2)
         return (w * sq / self.scale**2).sum() / w.sum().clamp_min(1e-12)
+
+    def residuals(self, prediction: dict, target: dict, at: dict | None = None) -> torch.Tensor:
+        """``[B,2P]``: the weighted x and y offsets; robust: reweighted by the Geman-McClure
+        derivative ``c⁴ / (d² + c²)²`` at the offsets of ``at`` (held constant: IRLS)."""
+        pred, gt = prediction["landmarks"], target["landmarks"]
+        w = self._point_weights(pred, target)
+        total = w.sum(-1, keepdim=True).clamp_min(1e-12)
+        offsets = pred - gt
+        if self.robust == "geman-mcclure":
+            c2 = self.robust_scale**2
+            there = (at or prediction)["landmarks"].detach() - gt
+            w = w * (c2 / ((there**2).sum(-1) + c2)) ** 2
+        scale = (w / total).sqrt() / self.scale
+        return (scale[..., None] * offsets).flatten(1)
 
 
 class PhotometricLoss(Loss):
@@ -164,6 +196,15 @@ class CoefficientPrior(Loss):
             if w and c is not None and c.numel():
                 total = total + w * (c**2).sum(-1).mean()
         return torch.as_tensor(total)
+
+    def residuals(self, prediction: dict, target: dict, at: dict | None = None) -> torch.Tensor:
+        """``[B,K]``: the coefficients of the groups present, times the square roots of their weights."""
+        parts = []
+        for group, w in self.group_weights.items():
+            c = prediction.get(group)
+            if w and c is not None and c.numel():
+                parts.append(w**0.5 * c)
+        return torch.cat(parts, 1)
 
 
 class LightingPrior(Loss):

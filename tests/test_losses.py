@@ -92,3 +92,37 @@ def test_parameter_loss_counts_only_samples_with_ground_truth_and_splits_exactly
     halves = [loss({k: v[s] for k, v in pred.items()}, {k: v[s] for k, v in target.items()})
               for s in (slice(0, 2), slice(2, 4))]
     assert float(sum(halves) / 2) == pytest.approx(9 / 4)
+
+
+def test_residuals_square_to_the_loss_of_each_sample():
+    g = torch.Generator().manual_seed(0)
+    pred = {"landmarks": torch.randn(3, 68, 2, generator=g) * 5, "identity": torch.randn(3, 5, generator=g),
+            "expression": torch.randn(3, 4, generator=g)}
+    target = {"landmarks": torch.zeros(3, 68, 2), "landmark_weights": torch.rand(3, 68, generator=g)}
+    total = 0.7 * losses.LandmarkLoss(scale=10.0) + losses.CoefficientPrior(0.3, 0.2, 0.0)
+    residuals = total.residuals(pred, target)
+    assert residuals.shape == (3, 136 + 9)
+    for b in range(3):
+        one = {k: v[b:b + 1] for k, v in pred.items()}
+        value, _ = total(one, {k: v[b:b + 1] for k, v in target.items()})
+        assert (residuals[b] ** 2).sum().item() == pytest.approx(value.item(), rel=1e-5)
+
+
+def test_robust_residuals_have_the_losss_gradient_where_they_are_weighted():
+    # IRLS: with the Geman-McClure weights taken at the current points, the gradient of the summed
+    # squared residuals is the loss's gradient there; given ``at``, the weights stay where they were taken.
+    g = torch.Generator().manual_seed(1)
+    points = (torch.randn(1, 68, 2, generator=g, dtype=torch.float64) * 8).requires_grad_()
+    target = {"landmarks": torch.zeros(1, 68, 2, dtype=torch.float64)}
+    loss = losses.LandmarkLoss(scale=5.0, robust="geman-mcclure", robust_scale=4.0)
+    (grad_loss,) = torch.autograd.grad(loss({"landmarks": points}, target), points)
+    squares = (loss.residuals({"landmarks": points}, target) ** 2).sum()
+    (grad_squares,) = torch.autograd.grad(squares, points)
+    torch.testing.assert_close(grad_squares, grad_loss, rtol=1e-10, atol=1e-14)
+    moved = {"landmarks": points.detach() + 1.0}
+    here = loss.residuals(moved, target, at={"landmarks": points.detach()})
+    weights = (here / (moved["landmarks"] / 5.0).flatten(1)) ** 2  # the same weights as at the points
+    torch.testing.assert_close(weights, (loss.residuals({"landmarks": points.detach()}, target)
+                                         / (points.detach() / 5.0).flatten(1)) ** 2)
+    with pytest.raises(NotImplementedError, match="least-squares"):
+        losses.PhotometricLoss().residuals({}, {})

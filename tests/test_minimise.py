@@ -1,6 +1,9 @@
-"""The fitter's own Adam and L-BFGS (cli.fitting.minimise): same steps as torch.optim's Adam,
-L-BFGS converging within its evaluation budget, and a fit that never imports torch._dynamo."""
+"""The fitter's own optimisers: Adam (cli.fitting.minimise) taking torch.optim's steps, with a
+warm-up; L-BFGS converging within its evaluation budget; the Gauss-Newton stage
+(cli.fitting.stages) recovering a pose and shape through outliers; a fit that never imports
+torch._dynamo."""
 
+import math
 import subprocess
 import sys
 
@@ -94,3 +97,62 @@ print("torch._dynamo" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+class _Pose(torch.nn.Module):
+    """A rotation (axis-angle), a log scale and shape coefficients: points = s R (mean + basis c)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rotation = torch.nn.Parameter(torch.zeros(1, 3))
+        self.log_scale = torch.nn.Parameter(torch.zeros(1, 1))
+        self.shape = torch.nn.Parameter(torch.zeros(1, 5))
+
+    def points(self, mean, basis):
+        import kornia
+
+        rotation = kornia.geometry.conversions.axis_angle_to_rotation_matrix(self.rotation)  # [B,3,3]
+        local = mean + torch.einsum("bk,pdk->bpd", self.shape, basis)
+        return self.log_scale.exp()[:, :, None] * (local @ rotation.transpose(1, 2))[..., :2]
+
+
+def test_gauss_newton_recovers_a_pose_and_shape_despite_outliers():
+    import losses
+    from cli.fitting.stages import gauss_newton_stage
+
+    g = torch.Generator().manual_seed(3)
+    mean, basis = torch.randn(40, 3, generator=g) * 50, torch.randn(40, 3, 5, generator=g) * 4
+    truth = _Pose()
+    with torch.no_grad():
+        truth.rotation.copy_(torch.tensor([[0.3, -0.5, 0.1]]))
+        truth.log_scale.fill_(0.2)
+        truth.shape.copy_(torch.randn(1, 5, generator=g))
+        target = truth.points(mean, basis)
+    target[0, :4] += 40.0  # four points far off: the robust loss must not follow them
+    loss = losses.LandmarkLoss(robust="geman-mcclure", robust_scale=3.0)
+    fitted = _Pose()
+
+    def loss_fn():
+        return loss({"landmarks": fitted.points(mean, basis)}, {"landmarks": target}), {}
+
+    def residual_fn(at):
+        prediction = {"landmarks": fitted.points(mean, basis)}
+        return loss.residuals(prediction, {"landmarks": target}, at), prediction
+
+    report = gauss_newton_stage("pose", 40, fitted, ["rotation", "log_scale", "shape"], loss_fn, residual_fn,
+                                tolerance=1e-9)
+    assert report.iterations < 40  # converged before the budget
+    for name in ("rotation", "log_scale", "shape"):
+        torch.testing.assert_close(getattr(fitted, name).detach(), getattr(truth, name).detach(), rtol=0, atol=2e-3)
+    assert report.history == sorted(report.history, reverse=True)  # every kept step lowered the loss
+
+
+def test_adam_warms_up_then_decays():
+    x = torch.zeros(1, requires_grad=True)
+    adam = Adam([x], [1.0], steps=20, warmup=4)
+    rates = []
+    for _ in range(20):
+        adam.count += 1
+        rates.append(adam.rate(1.0))
+    assert rates[:4] == pytest.approx([c / 5 * (1 + math.cos(math.pi * (c - 1) / 20)) / 2 for c in range(1, 5)])
+    assert rates[4] == pytest.approx((1 + math.cos(math.pi * 4 / 20)) / 2) and rates[-1] < 0.01

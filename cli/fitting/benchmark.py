@@ -6,7 +6,7 @@ Prints, with the default settings and the default model:
   the fit's own seconds (``report.json``);
 - end-to-end seconds per image for ``assets/astronaut.png`` (detection, crop, both stages,
   all outputs written), first run in the process and the median of the following ones;
-- the landmark stage alone (closed form + L-BFGS), median seconds;
+- the landmark stage alone (closed form + Gauss-Newton), median seconds;
 - the synthetic round trip: a random face rendered with known parameters at 224 px and
   fitted back: mean landmark error (px) and masked PSNR (dB).
 """
@@ -66,7 +66,8 @@ def main(argv=None) -> None:
     config = FitConfig()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}, "
           f"model {model.num_vertices} vertices / {model.num_triangles} triangles, "
-          f"{config.landmark_steps} + {config.photometric_steps} steps at {config.resolution} px")
+          f"at most {config.landmark_steps} Gauss-Newton steps ({config.resolution} px crop) + "
+          f"{config.photometric_steps} Adam steps at {config.photometric_resolution} px ({config.photometric_detail})")
     morph = shutil.which("morph", path=str(Path(sys.executable).parent)) or shutil.which("morph")
     for init in ("network", "closed-form"):
         walls, fits = [], []
@@ -94,7 +95,7 @@ def main(argv=None) -> None:
         result = fit(prepared.image, prepared.landmarks, model, FitConfig(photometric_steps=0), device=args.device,
                      landmark_source="detector")
         stage.append(result.seconds)
-    print(f"landmark stage alone (crop, closed form, L-BFGS): median {statistics.median(stage):.3f} s; "
+    print(f"landmark stage alone (crop, closed form, Gauss-Newton): median {statistics.median(stage):.3f} s; "
           f"detection {prepared.detect_seconds:.2f} s")
     for seed in range(args.synthetic):
         image, landmarks = synthetic_face(model, seed)

@@ -26,20 +26,23 @@ import torch
 class Adam:
     """Adam over ``params`` (tensors with ``requires_grad``), ``lrs[i]`` the rate of ``params[i]``.
 
-    ``steps``: the rates decay along a cosine to 0 over that many steps (None: constant).
-    Call :meth:`step` after each ``backward()``; gradients are read from ``.grad`` and cleared.
+    ``steps``: the rates decay along a cosine to 0 over that many steps (None: constant);
+    ``warmup``: they first rise linearly from 0 over that many steps. Call :meth:`step` after
+    each ``backward()``; gradients are read from ``.grad`` and cleared.
     """
 
     def __init__(self, params: Sequence[torch.Tensor], lrs: Sequence[float], steps: int | None = None,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.params, self.lrs, self.steps = list(params), list(lrs), steps
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, warmup: int = 0):
+        self.params, self.lrs, self.steps, self.warmup = list(params), list(lrs), steps, warmup
         self.betas, self.eps = betas, eps
         self.mean = [torch.zeros_like(p) for p in self.params]
         self.square = [torch.zeros_like(p) for p in self.params]
         self.count = 0
 
     def rate(self, lr: float) -> float:
-        """The learning rate of this step (cosine-decayed over ``steps``)."""
+        """The learning rate of this step (warmed up over ``warmup``, cosine-decayed over ``steps``)."""
+        if self.warmup and self.count <= self.warmup:
+            lr = lr * self.count / (self.warmup + 1)
         if not self.steps:
             return lr
         return lr * (1 + math.cos(math.pi * min(self.count - 1, self.steps) / self.steps)) / 2

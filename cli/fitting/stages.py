@@ -45,7 +45,7 @@ def check_finite(loss: torch.Tensor, variables: torch.nn.Module, stage: str, ste
 
 
 def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam", rounds=1,
-              refresh=None, refresh_every=0, tolerance=0.0, window=10):
+              refresh=None, refresh_every=0, tolerance=0.0, window=10, warmup=0):
     """Minimise ``loss_fn`` over ``groups`` of ``variables``.
 
     ``"lbfgs"`` (strong-Wolfe line search) suits the small, smooth landmark problem and
@@ -55,7 +55,8 @@ def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, me
     ``rounds`` L-BFGS runs sharing the ``steps`` (a fresh optimiser each, as the objective
     changed), or every ``refresh_every`` Adam steps.
     ``tolerance`` (Adam): stop once the mean loss of the last ``window`` steps is less than
-    this fraction below the mean of the ``window`` steps before.
+    this fraction below the mean of the ``window`` steps before (not within the ``warmup``
+    steps, over which Adam's rates rise from 0).
     """
     history, term_history = [], {}
     start = time.perf_counter()
@@ -85,13 +86,13 @@ def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, me
 
             lbfgs(params, closure, budget)
     else:
-        optimiser = Adam(params, [config.lr[g] for g in groups], steps=max(steps, 1))
+        optimiser = Adam(params, [config.lr[g] for g in groups], steps=max(steps, 1), warmup=warmup)
         for step in range(steps):
             if refresh and refresh_every and step % refresh_every == 0:
                 refresh()
             evaluate().backward()
             optimiser.step()
-            if tolerance > 0 and len(history) >= 2 * window and len(history) % window == 0:
+            if tolerance > 0 and len(history) >= optimiser.warmup + 2 * window and len(history) % window == 0:
                 before, last = sum(history[-2 * window:-window]), sum(history[-window:])
                 if before - last < tolerance * abs(before):
                     break
@@ -114,6 +115,91 @@ class _Objective(torch.nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.loss_fn()[0]
+
+
+class _Call(torch.nn.Module):
+    """``fn(*args)`` as a module call, so that :func:`torch.func.functional_call` can put other
+    values (e.g. a batch of them) in ``variables``' places."""
+
+    def __init__(self, variables: torch.nn.Module, fn):
+        super().__init__()
+        self.variables, self.fn = variables, fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
+def gauss_newton_stage(name: str, steps: int, variables: torch.nn.Module, groups, loss_fn, residual_fn,
+                       rounds: int = 1, refresh=None, tolerance: float = 1e-6, progress=None,
+                       difference: float = 1e-2) -> StageReport:
+    """Minimise ``loss_fn`` over ``groups`` by Levenberg-Marquardt on ``residual_fn`` (Gauss-Newton
+    steps with a damped diagonal), within ``steps`` Jacobians shared by ``rounds``.
+
+    ``residual_fn(at) -> (residuals [B,M], state)``: the residuals of the variables as they
+    stand, which may hold a batch of B values of ``groups`` (row b from value b alone); their
+    sum of squares is ``loss_fn``'s total or, for a robust loss, its reweighted (IRLS) version
+    with the weights taken at ``at`` (None: here), the ``state`` an earlier call returned.
+    Each step re-linearises and reweights; a step is kept only if ``loss_fn``'s total goes down.
+    ``refresh()`` re-chooses pose-dependent correspondences before each round; ``progress()``
+    is called once per step. The unknowns (``[1,k]`` each) are few: the Jacobian comes from
+    forward differences (steps of ``difference`` times max(1, |value|)) in one batched call,
+    with no autograd (forward-mode differentiation would import torch._dynamo, a second at
+    first use). A handful of steps reach what first-order methods need hundreds of
+    evaluations for, and badly scaled unknowns (radians, pixels, coefficients) do not slow it.
+    """
+    started = time.perf_counter()
+    tensors = {g: getattr(variables, g) for g in groups}
+    if any(t.dim() != 2 or t.shape[0] != 1 for t in tensors.values()):
+        raise ValueError("gauss_newton_stage optimises one sample's variables, each [1,k]")
+    sizes = [t.shape[1] for t in tensors.values()]
+    loss_call, residual_call = _Call(variables, lambda: loss_fn()[0]), _Call(variables, residual_fn)
+
+    def at(call, values, *args):  # values [B,N]: the unknowns of B evaluations
+        return torch.func.functional_call(call, dict(zip((f"variables.{g}" for g in tensors),
+                                                         torch.split(values, sizes, 1))), args)
+
+    history = []
+    with torch.no_grad():
+        x = torch.cat([t.detach() for t in tensors.values()], 1)[0]
+        for r in range(max(1, rounds)):
+            for t, chunk in zip(tensors.values(), torch.split(x[None], sizes, 1)):
+                t.copy_(chunk)
+            if refresh:
+                refresh()
+            current, damping = float(at(loss_call, x[None])), 1e-4
+            budget = steps // max(1, rounds) + (r < steps % max(1, rounds))
+            for _ in range(budget):
+                base, state = at(residual_call, x[None], None)
+                h = difference * x.abs().clamp_min(1.0)
+                moved, _ = at(residual_call, x[None] + torch.diag(h), state)
+                jacobian = ((moved - base) / h[:, None]).T.double()  # [M,N]
+                gradient = jacobian.T @ base[0].double()
+                hessian = jacobian.T @ jacobian
+                diagonal = hessian.diagonal().clamp_min(1e-12)
+                accepted = False
+                while damping < 1e8:
+                    step = torch.linalg.solve(hessian + damping * torch.diag(diagonal), -gradient).to(x.dtype)
+                    trial = float(at(loss_call, (x + step)[None]))
+                    if math.isfinite(trial) and trial <= current:
+                        x, damping, accepted = x + step, max(damping / 4, 1e-7), True
+                        break
+                    damping *= 8
+                improvement = current - trial if accepted else 0.0
+                current = trial if accepted else current
+                history.append(current)
+                if progress:
+                    progress()
+                if not accepted or improvement <= tolerance * abs(current):
+                    break
+        for t, chunk in zip(tensors.values(), torch.split(x[None], sizes, 1)):
+            t.copy_(chunk)
+        if refresh:
+            refresh()
+        value, terms = loss_fn()
+    if not math.isfinite(float(value)):
+        raise FitDiverged(f"fitting diverged (NaN/inf) in the {name} stage")
+    final = {k: float(v) for k, v in terms.items()} | {"total": float(value)}
+    return StageReport(name, len(history), time.perf_counter() - started, final, history)
 
 
 def newton_stage(name: str, steps: int, variables: torch.nn.Module, groups, loss_fn, frames: int | None = None,
