@@ -168,7 +168,7 @@ def fit_command(
     Every face of a photo is fitted (--faces all): one face writes OUT/<stem>/, several write
     OUT/<stem>/face_<k>/ (k = 0 for the largest). Each holds params.safetensors, mesh.obj
     (+ mesh.mtl, textured), mesh.glb, mesh.ply, texture.png, albedo.png, overlay.png,
-    landmarks.json (fitted 68 points in both jaw conventions), report.json, loss_curve.png and
+    landmarks.json (fitted 68 points in both jaw conventions), report.json, loss_curve.svg and
     report.html (open it in a browser: photo, landmarks, 3D view, losses); with several images
     also OUT/index.html. A failed image leaves nothing behind; a failed face leaves the others.
 

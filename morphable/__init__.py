@@ -11,13 +11,13 @@ Contract:
 - :class:`Parameters` holds the five groups (identity, expression, albedo, lighting,
   pose) with a batch dimension; flat-vector and safetensors round trips; prior sampling.
 - :func:`save_mesh` writes OBJ/PLY with per-vertex colours; :func:`save_textured_mesh` a textured
-  OBJ (+ MTL) or binary glTF from per-corner UVs.
+  OBJ (+ MTL) or binary glTF from per-corner UVs (written with numpy: see :mod:`.mesh_io`).
 
-Imports torch, numpy, safetensors and trimesh only: never ``render``, ``losses`` or ``cli``.
+Imports torch, numpy and safetensors only: never ``render``, ``losses`` or ``cli``.
 """
 
 from .atomic import atomic_path
-from .mesh_io import MESH_FORMATS, TEXTURED_FORMATS, save_mesh, save_textured_mesh, split_seams, to_trimesh
+from .mesh_io import MESH_FORMATS, TEXTURED_FORMATS, save_mesh, save_textured_mesh, split_seams
 from .model import MorphableModel
 from .parameters import (
     AMBIENT,
@@ -34,6 +34,6 @@ __all__ = [
     "AMBIENT", "GROUPS", "MESH_FORMATS", "NUM_LANDMARKS", "NUM_SH", "POSE_SIZE", "TEXTURED_FORMATS",
     "ModelFileError", "MorphableModel", "ParameterSizes", "Parameters",
     "atomic_path", "default_lighting", "read_model_file", "save_mesh", "save_textured_mesh",
-    "split_seams", "to_trimesh",
+    "split_seams",
     "validate", "write_model_file",
 ]

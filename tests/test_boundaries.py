@@ -11,7 +11,7 @@ OURS = {"morphable", "render", "losses", "cli"}
 # Third-party imports each package may use (the standard library is always allowed).
 ALLOWED_THIRD_PARTY = {
     "render": {"torch", "numpy", "nvdiffrast"},
-    "morphable": {"torch", "numpy", "safetensors", "trimesh"},
+    "morphable": {"torch", "numpy", "safetensors"},
     "losses": {"torch", "numpy", "kornia"},
 }
 # Optional dependencies of the converters only (imported lazily, the 'convert' extra).

@@ -110,7 +110,7 @@ def test_fit_cli_on_the_astronaut(tmp_path):
     out = tmp_path / "astronaut"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["params.safetensors", "mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb", "texture.png", "albedo.png",
-         "overlay.png", "landmarks.json", "report.json", "loss_curve.png", "report.html"])
+         "overlay.png", "landmarks.json", "report.json", "loss_curve.svg", "report.html"])
     assert iio.imread(out / "texture.png").shape == iio.imread(out / "albedo.png").shape == (1024, 1024, 3)
     textured = trimesh.load(out / "mesh.obj", process=False)  # finds mesh.mtl and texture.png beside it
     assert textured.visual.material.image.size == (1024, 1024)

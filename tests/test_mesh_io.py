@@ -1,4 +1,5 @@
-"""Mesh export: PLY and OBJ open in trimesh with the right vertices and colours."""
+"""Mesh export (written with numpy): PLY and OBJ open in trimesh, an independent reader, with the
+right vertices, faces and colours."""
 
 import numpy as np
 import pytest
@@ -21,6 +22,15 @@ def test_mesh_round_trip(tmp_path, model, suffix):
     expected = np.round(a[0].clamp(0, 1).numpy() * 255)
     np.testing.assert_allclose(mesh.visual.vertex_colors[:, :3], expected, atol=1)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".obj"])
+def test_mesh_without_colours(tmp_path, model, suffix):
+    path = tmp_path / f"face{suffix}"
+    save_mesh(path, model.shape_mean, model.triangles)
+    mesh = trimesh.load(path, process=False)
+    np.testing.assert_allclose(mesh.vertices, model.shape_mean.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(mesh.faces, model.triangles.numpy())
 
 
 def test_unknown_format(tmp_path, model):

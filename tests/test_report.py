@@ -15,7 +15,8 @@ import trimesh
 import render
 from cli.crop import Crop
 from cli.fitting.optimise import FitResult, StageReport
-from cli.report import OUTPUT_FILES, bake, index_html, loss_figure, render_view, texel_table, write_fit_outputs
+from cli.report import OUTPUT_FILES, bake, index_html, loss_curve_svg, render_view, texel_table, write_fit_outputs
+from cli.report.html import encode_image
 from cli.report.texture import harmonic_fill
 from morphable import MorphableModel, Parameters, save_textured_mesh, split_seams
 from tests.synthetic import ellipsoid, make_model_tensors
@@ -185,17 +186,23 @@ def test_textured_meshes_round_trip(tmp_path, model):
     distance, match = torch.cdist(theirs, ours).min(1)
     assert distance.max() < 1e-4 and len(set(match.tolist())) == len(ours)
 
-    from PIL import Image
-
-    image = Image.fromarray(np.linspace(0, 255, 16 * 16 * 3).astype(np.uint8).reshape(16, 16, 3))
+    image = np.linspace(0, 255, 16 * 16 * 3).astype(np.uint8).reshape(16, 16, 3)
+    normals = torch.nn.functional.normalize(torch.randn(model.num_vertices, 3), dim=1)
     save_textured_mesh(tmp_path / "mesh.glb", vertices[0], model.triangles, model.uv, model.uv_triangles,
-                       texture=image, scale=1e-3)
+                       texture=encode_image(image, fmt="PNG"), normals=normals, scale=1e-3)
     scene = trimesh.load(tmp_path / "mesh.glb", process=False)
     glb = next(iter(scene.geometry.values()))
     assert len(glb.vertices) == len(vertex) and len(glb.faces) == model.num_triangles
     np.testing.assert_allclose(glb.vertices, vertices[0].numpy()[vertex] * 1e-3, atol=1e-6)
+    _, _, split = split_seams(model.triangles, model.uv_triangles)
+    np.testing.assert_array_equal(glb.faces, split)  # counter-clockwise as given: glTF's front faces
     np.testing.assert_allclose(glb.visual.uv, model.uv.numpy()[uv_index], atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(glb.visual.material.baseColorTexture.convert("RGB")), np.asarray(image))
+    np.testing.assert_allclose(glb.vertex_normals, normals.numpy()[vertex], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(glb.visual.material.baseColorTexture.convert("RGB")), image)
+    with pytest.raises(ValueError, match="JPEG or PNG"):
+        save_textured_mesh(tmp_path / "bad.glb", vertices[0], model.triangles, model.uv, model.uv_triangles,
+                           texture=b"GIF89a")
+    assert not (tmp_path / "bad.glb").exists()
 
 
 def fake_fit(model, params) -> FitResult:
@@ -248,15 +255,29 @@ def test_report_html_is_self_contained(report_folder, model):
 
 
 def test_loss_plot_explains_itself(model):
+    import xml.etree.ElementTree as ET
+
+    from cli.report.plot import HEIGHT, LEFT, TOP, WIDTH
+
     stages = fake_fit(model, frontal(model)).stages
-    fig = loss_figure(stages, "Fitting losses: ellipsoid.png")
-    (ax,) = fig.axes
-    assert "step" in ax.get_xlabel() and "loss" in ax.get_ylabel() and "log" in ax.get_ylabel()
-    assert ax.get_yscale() == "log" and "ellipsoid.png" in ax.get_title()
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"total", "landmark", "prior", "photometric"}
-    boundaries = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
-    assert boundaries == [2.5]  # between the 3 landmark steps and the photometric ones
-    assert {t.get_text().strip() for t in ax.texts} == {"landmark (3)", "photometric (2)"}
+    svg = ET.fromstring(loss_curve_svg(stages, "Fitting losses: <ellipsoid>.png"))  # well-formed, name escaped
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    texts = [t.text for t in svg.iterfind(".//s:text", ns)]
+    assert "Fitting losses: <ellipsoid>.png" in texts
+    assert any("step" in t for t in texts) and any("loss" in t and "log scale" in t for t in texts)
+    assert {"landmark (3)", "photometric (2)"} <= set(texts)  # the stages named, with their steps
+    assert {"10⁻⁴", "10⁰"} <= set(texts)  # decades from the smallest term (1e-4) to the largest (0.9)
+    assert {"total", "landmark", "prior", "photometric"} <= set(texts)  # the legend
+    lines = {line.get("data-series") for line in svg.iterfind(".//s:polyline", ns)}
+    assert lines == {"total", "landmark", "prior", "photometric"}
+    (boundary,) = svg.iterfind(".//s:line[@class='stage']", ns)  # between the 3 landmark steps and the rest
+    width = WIDTH - LEFT - 16
+    assert float(boundary.get("x1")) == pytest.approx(LEFT + width * 2.5 / 4, abs=0.1)
+    total = next(p for p in svg.iterfind(".//s:polyline", ns) if p.get("data-series") == "total")
+    x, y = (float(v) for v in total.get("points").split()[0].split(","))
+    height = HEIGHT - TOP - 52
+    assert x == pytest.approx(LEFT) and y == pytest.approx(TOP + height * (0 - math.log10(3e-3)) / 4, abs=0.1)
+    assert float(svg.get("width")) == WIDTH
 
 
 def test_index_lists_every_image_and_its_failure(report_folder):

@@ -406,5 +406,5 @@ def test_predict_writes_a_fit_folder_without_a_loss_curve(tmp_path):
     result = runner.invoke(app, ["predict", str(ROOT / "assets" / "astronaut.png"), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     folder = tmp_path / "astronaut"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(set(OUTPUT_FILES) - {"loss_curve.png"})
+    assert sorted(p.name for p in folder.iterdir()) == sorted(set(OUTPUT_FILES) - {"loss_curve.svg"})
     assert "No optimisation" in (folder / "report.html").read_text()

@@ -22,6 +22,7 @@ from ..detect import DEFAULT_DETECTOR, DEFAULT_THRESHOLD, DETECTORS, Face, NoFac
 from ..errors import USER_ERRORS, InputError, one_line
 from ..files import atomic_directory, load_image, read_landmarks
 from ..report.outputs import write_fit_outputs
+from ..report.texture import prefetch_texel_table
 from .optimise import FitConfig, FitDiverged, FitResult, fit
 
 MIN_IMAGE_SIDE = 16
@@ -145,6 +146,7 @@ def fit_faces(image_path: Path, out_root: Path, model: MorphableModel, config: F
     :class:`~cli.errors.InputError` when the image has no face or every face failed (nothing is
     written then).
     """
+    prefetch_texel_table(model)  # the first image's texture table builds while it is detected and fitted
     prepared = prepare_faces(image_path, landmarks_path, detector, threshold, faces, jaw)
     if on_found:
         on_found(len(prepared))

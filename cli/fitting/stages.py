@@ -152,13 +152,18 @@ def gauss_newton_stage(name: str, steps: int, variables: torch.nn.Module, groups
     if any(t.dim() != 2 or t.shape[0] != 1 for t in tensors.values()):
         raise ValueError("gauss_newton_stage optimises one sample's variables, each [1,k]")
     sizes = [t.shape[1] for t in tensors.values()]
-    loss_call, residual_call = _Call(variables, lambda: loss_fn()[0]), _Call(variables, residual_fn)
+    loss_call, residual_call = _Call(variables, loss_fn), _Call(variables, residual_fn)
 
     def at(call, values, *args):  # values [B,N]: the unknowns of B evaluations
         return torch.func.functional_call(call, dict(zip((f"variables.{g}" for g in tensors),
                                                          torch.split(values, sizes, 1))), args)
 
-    history = []
+    history, term_history = [], {}
+
+    def evaluate(values):  # the loss at values [N]: (total, {term: value})
+        total, terms = at(loss_call, values[None])
+        return float(total), terms
+
     with torch.no_grad():
         x = torch.cat([t.detach() for t in tensors.values()], 1)[0]
         for r in range(max(1, rounds)):
@@ -166,7 +171,7 @@ def gauss_newton_stage(name: str, steps: int, variables: torch.nn.Module, groups
                 t.copy_(chunk)
             if refresh:
                 refresh()
-            current, damping = float(at(loss_call, x[None])), 1e-4
+            (current, terms), damping = evaluate(x), 1e-4
             budget = steps // max(1, rounds) + (r < steps % max(1, rounds))
             for _ in range(budget):
                 base, state = at(residual_call, x[None], None)
@@ -179,14 +184,17 @@ def gauss_newton_stage(name: str, steps: int, variables: torch.nn.Module, groups
                 accepted = False
                 while damping < 1e8:
                     step = torch.linalg.solve(hessian + damping * torch.diag(diagonal), -gradient).to(x.dtype)
-                    trial = float(at(loss_call, (x + step)[None]))
+                    trial, trial_terms = evaluate(x + step)
                     if math.isfinite(trial) and trial <= current:
                         x, damping, accepted = x + step, max(damping / 4, 1e-7), True
                         break
                     damping *= 8
                 improvement = current - trial if accepted else 0.0
-                current = trial if accepted else current
+                if accepted:
+                    current, terms = trial, trial_terms
                 history.append(current)
+                for key, value in terms.items():
+                    term_history.setdefault(key, []).append(float(value))
                 if progress:
                     progress()
                 if not accepted or improvement <= tolerance * abs(current):
@@ -199,7 +207,7 @@ def gauss_newton_stage(name: str, steps: int, variables: torch.nn.Module, groups
     if not math.isfinite(float(value)):
         raise FitDiverged(f"fitting diverged (NaN/inf) in the {name} stage")
     final = {k: float(v) for k, v in terms.items()} | {"total": float(value)}
-    return StageReport(name, len(history), time.perf_counter() - started, final, history)
+    return StageReport(name, len(history), time.perf_counter() - started, final, history, term_history)
 
 
 def newton_stage(name: str, steps: int, variables: torch.nn.Module, groups, loss_fn, frames: int | None = None,

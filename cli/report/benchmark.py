@@ -2,16 +2,15 @@
 
 Fits ``assets/astronaut.png`` once (few steps: the outputs do not depend on how well), then
 times the files a fit wrote before the report existed (params, mesh.ply, overlay.png,
-landmarks.json, report.json: the baseline), ``write_fit_outputs`` (all files), and the parts that make textures,
-meshes, the plot and the HTML. Prints the first call (which pays for the UV rasterisation and
-the matplotlib import, once per process), the median and minimum of the rest, and what the
+landmarks.json, report.json: the baseline), ``write_fit_outputs`` (all files), and the parts
+that make textures, meshes, the plot and the HTML. Prints the first call (which pays for the UV
+rasterisation, once per process and model), the median and minimum of the rest, and what the
 report adds: all files minus the baseline, medians.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import tempfile
@@ -30,7 +29,7 @@ from . import texture
 from .html import encode_image, report_html, viewer_mesh
 from .outputs import write_fit_outputs
 from .overlay import overlay, render_view
-from .plot import loss_curve
+from .plot import loss_curve_svg
 
 ASTRONAUT = Path(__file__).resolve().parents[2] / "assets" / "astronaut.png"
 
@@ -98,15 +97,12 @@ def main(argv=None) -> None:
         normals = render.vertex_normals(vertices, model.triangles)[0]
 
         def meshes():
-            from PIL import Image
-
             save_textured_mesh(Path(out) / "m.obj", vertices[0], model.triangles, model.uv, model.uv_triangles)
             save_textured_mesh(Path(out) / "m.glb", vertices[0], model.triangles, model.uv, model.uv_triangles,
-                               texture=Image.open(io.BytesIO(jpeg)), normals=normals, scale=1e-3)
+                               texture=jpeg, normals=normals, scale=1e-3)
 
         rows.append(("  mesh.obj + mesh.glb", timed(meshes, args.runs)))
-        rows.append(("  loss_curve.png", timed(lambda: encode_image(loss_curve(result.stages, "x"), fmt="PNG"),
-                                               args.runs)))
+        rows.append(("  loss_curve.svg", timed(lambda: loss_curve_svg(result.stages, "x"), args.runs)))
         photo = to_uint8(image)
 
         def page():

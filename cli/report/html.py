@@ -34,6 +34,7 @@ figcaption { font-size: 13px; color: #4a4f57; margin-top: 8px; }
 label { margin-right: 14px; white-space: nowrap; } button { margin: 6px 6px 0 0; }
 table { border-collapse: collapse; background: #fff; } td, th { padding: 4px 10px; border-bottom: 1px solid #e3e5e8; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure.plot svg { display: block; max-width: 100%; height: auto; }
 section { margin: 22px 0; } pre { background: #fff; padding: 10px; overflow: auto; font-size: 12px; }
 .failed { color: #a0161b; } .ok { color: #1d7a35; } .error { color: #a0161b; }
 img.thumb { width: 120px; height: auto; border-radius: 4px; display: block; }
@@ -120,7 +121,7 @@ def _stage_table(report: dict) -> str:
 
 
 def report_html(name: str, photo: np.ndarray, overlay: np.ndarray, target: np.ndarray, fitted: np.ndarray,
-                mesh: dict, textures: dict[str, bytes], loss_png: bytes | None, report: dict, files: list[str]) -> str:
+                mesh: dict, textures: dict[str, bytes], loss_svg: str | None, report: dict, files: list[str]) -> str:
     """The page for one fit (the template ``report.html`` beside this file, filled in).
 
     Args:
@@ -129,7 +130,7 @@ def report_html(name: str, photo: np.ndarray, overlay: np.ndarray, target: np.nd
         target, fitted: ``[68,2]`` landmarks in the photo's pixels.
         mesh: :func:`viewer_mesh`'s arrays.
         textures: viewer mode name (``photo``, ``albedo``) -> JPEG bytes of the texture.
-        loss_png: the loss curve (None: nothing was optimised, e.g. a network's prediction);
+        loss_svg: the loss curve, an ``<svg>`` element (None: nothing was optimised, e.g. a network's prediction);
         report: ``report.json``'s content; files: the folder's files.
     """
     h, w = photo.shape[:2]
@@ -143,9 +144,8 @@ def report_html(name: str, photo: np.ndarray, overlay: np.ndarray, target: np.nd
         overlay=data_uri(encode_image(overlay, max_side=PHOTO_MAX_SIDE), "image/jpeg"),
         landmarks=_landmark_svg(target, fitted, w, h),
         modes="".join(f'<button data-mode="{m}">{m}</button>' for m in [*textures, "shape"]),
-        losses=(f'<figure><img src="{data_uri(loss_png, "image/png")}" alt="loss curve" style="max-width:100%">'
-                '</figure>' if loss_png is not None else "<p>No optimisation: the parameters are a network's "
-                "prediction.</p>"),
+        losses=(f'<figure class="plot">{loss_svg}</figure>' if loss_svg is not None
+                else "<p>No optimisation: the parameters are a network's prediction.</p>"),
         figures="".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _figures(report)),
         stages=_stage_table(report), report_json=escape(json.dumps(report, indent=1)),
         texture_images="".join(f'<img data-texture="{k}" alt="{k} texture" title="{k}" '

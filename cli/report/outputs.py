@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,13 +15,13 @@ from ..files import atomic_directory, to_uint8, write_png
 from ..fitting.optimise import FitResult
 from .html import encode_image, report_html, viewer_mesh
 from .overlay import overlay, render_view
-from .plot import loss_curve
+from .plot import loss_curve_svg
 from .texture import TEXTURE_SIZE, bake
 
 # What a fit writes (the texture files, mesh.mtl and mesh.glb need a model with UVs; the
-# default model has them; a network's prediction, with no optimisation, has no loss_curve.png).
+# default model has them; a network's prediction, with no optimisation, has no loss_curve.svg).
 OUTPUT_FILES = ("params.safetensors", "mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb", "texture.png", "albedo.png",
-                "overlay.png", "landmarks.json", "report.json", "loss_curve.png", "report.html")
+                "overlay.png", "landmarks.json", "report.json", "loss_curve.svg", "report.html")
 TEXTURE_JPEG_QUALITY = 92  # the report's and the GLB's copies of the textures
 
 
@@ -34,8 +33,6 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
     Files that need nothing more are encoded and written by two worker threads while the main
     thread bakes the textures (the image encoders release the GIL while they work).
     """
-    from PIL import Image
-
     p = result.params
     model = model.to("cpu")
     name = Path(source).name
@@ -55,8 +52,7 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
         with torch.no_grad():
             vertices, albedo = model(p.identity, p.expression, p.albedo)
         optimised = any(stage.history for stage in result.stages)  # a network's prediction has no steps
-        loss_png = later(lambda: encode_image(loss_curve(result.stages, f"Fitting losses: {name}"), fmt="PNG")
-                         if optimised else None)
+        title = f"Fitting losses: {name}"
         later(save_mesh, tmp / "mesh.ply", vertices[0], model.triangles, albedo[0])
         h, w = image.shape[1:]
         view = render_view(model, p, result.crop, h, w)
@@ -97,10 +93,10 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
                 later(lambda f, x: (tmp / f).write_bytes(encode_image(x, fmt="PNG")), file, pixels)
                 textures[key] = encode_image(pixels, quality=TEXTURE_JPEG_QUALITY)
             later(save_textured_mesh, tmp / "mesh.obj", vertices[0], model.triangles, model.uv, model.uv_triangles)
-            # glTF is in metres; the JPEG copy is embedded (trimesh writes a JPEG as a JPEG).
+            # glTF is in metres; the JPEG copy is embedded.
             scale = 1e-3 if model.metadata.get("units") == "mm" else 1.0
             later(save_textured_mesh, tmp / "mesh.glb", vertices[0], model.triangles, model.uv, model.uv_triangles,
-                  texture=Image.open(io.BytesIO(textures["photo"])), normals=normals, scale=scale)
+                  texture=textures["photo"], normals=normals, scale=scale)
             uv, uv_triangles = model.uv.numpy(), (model.uv_triangles if model.uv_triangles is not None
                                                   else model.triangles).numpy()
         else:  # no UVs: vertex colours only, the viewer shows the shape
@@ -108,10 +104,11 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
             uv, uv_triangles = torch.zeros(model.num_vertices, 2).numpy(), model.triangles.numpy()
         mesh = viewer_mesh(vertices[0].numpy(), normals.numpy(), model.triangles.numpy(), uv, uv_triangles)
         if optimised:
-            (tmp / "loss_curve.png").write_bytes(loss_png.result())
+            (tmp / "loss_curve.svg").write_text(loss_curve_svg(result.stages, title), encoding="utf-8")
         for job in jobs:
             job.result()  # a failed write fails the image before its folder appears
         files = sorted(f.name for f in tmp.iterdir()) + ["report.html"]
         page = report_html(name, photo, drawn, result.target_landmarks.numpy(), result.fitted_landmarks.numpy(),
-                           mesh, textures, loss_png.result(), report, files)
+                           mesh, textures, loss_curve_svg(result.stages, title, standalone=False) if optimised else None,
+                           report, files)
         (tmp / "report.html").write_text(page, encoding="utf-8")

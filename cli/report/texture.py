@@ -26,8 +26,10 @@ Baking, vectorised (no loop over texels or vertices):
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,16 +85,37 @@ class TexelTable:
 
 
 _TABLES: weakref.WeakKeyDictionary[MorphableModel, dict] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
 
 
 def texel_table(model: MorphableModel, size: int = TEXTURE_SIZE) -> TexelTable:
     """The model's :class:`TexelTable` for ``size``² texels (computed once per model and size)."""
+    return _table_future(model, size, background=False).result()
+
+
+def prefetch_texel_table(model: MorphableModel, size: int = TEXTURE_SIZE) -> None:
+    """Start computing the model's table in a background thread, if it is not there yet.
+
+    For a first image, it costs about half a second (the UV layout rasterised at ``size``²);
+    started before detection and fitting (which optimise on one torch thread, so a core is
+    free), it is ready when the outputs are written.
+    """
+    if model.uv is not None:
+        _table_future(model, size, background=True)
+
+
+def _table_future(model: MorphableModel, size: int, background: bool) -> Future:
     if model.uv is None:
         raise ValueError(f"model '{model.metadata.get('name')}' has no UVs: it cannot be textured")
-    cache = _TABLES.setdefault(model, {})
-    if size not in cache:
-        cache[size] = _make_table(model, size)
-    return cache[size]
+    with _LOCK:
+        cache = _TABLES.setdefault(model, {})
+        if size not in cache:
+            if background:
+                cache[size] = ThreadPoolExecutor(1).submit(_make_table, model, size)
+            else:
+                cache[size] = Future()
+                cache[size].set_result(_make_table(model, size))
+        return cache[size]
 
 
 def mirror_vertices(vertices: torch.Tensor, window: float = 1e-3) -> torch.Tensor:
