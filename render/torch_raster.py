@@ -96,7 +96,7 @@ def _triangle_setup(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int):
 
 # Triangles whose pixel box fits in an s x s tile are expanded densely by broadcasting
 # (no per-candidate gathers); larger ones go through repeat_interleave.
-TILE_SIDES = (1, 2, 3, 4, 6, 8)
+TILE_SIDES = (2, 4, 8)  # fewer passes: small triangles share a tile (measured: 128 px 3.1 -> 2.7 ms, 512 px no slower)
 
 
 def _emit(zbuf, z, px, py, tri_flat, n_tri: int, h: int, w: int) -> None:
@@ -130,8 +130,10 @@ def _draw_tiles(zbuf, coeffs, boxes, ids, side: int, n_tri: int, h: int, w: int)
         inside, z = _inside(k, px.to(k.dtype) + 0.5, py.to(k.dtype) + 0.5)
         if side > 1:
             inside &= (ox < box[:, 2:3]) & (oy < box[:, 3:4])
-        m, c = inside.nonzero().unbind(1)
-        _emit(zbuf, z[m, c], px[m, c], py[m, c], ids[first:first + per_chunk][m], n_tri, h, w)
+        hit = inside.reshape(-1).nonzero().squeeze(1)  # flat (triangle, offset) candidates
+        m = hit // (side * side)
+        _emit(zbuf, z.reshape(-1).index_select(0, hit), px.reshape(-1).index_select(0, hit),
+              py.reshape(-1).index_select(0, hit), ids[first:first + per_chunk].index_select(0, m), n_tri, h, w)
 
 
 def _draw_large(zbuf, coeffs, boxes, ids, n_tri: int, h: int, w: int) -> None:
@@ -155,7 +157,7 @@ def _draw_large(zbuf, coeffs, boxes, ids, n_tri: int, h: int, w: int) -> None:
                             py.to(coeffs.dtype) + 0.5)
         sel = inside.nonzero().squeeze(1)
         tri_flat = ids[start:stop].index_select(0, owner.index_select(0, sel))
-        _emit(zbuf, z[sel], px[sel], py[sel], tri_flat, n_tri, h, w)
+        _emit(zbuf, z.index_select(0, sel), px.index_select(0, sel), py.index_select(0, sel), tri_flat, n_tri, h, w)
         start = stop
 
 
@@ -168,10 +170,12 @@ def _depth_test(coeffs, boxes, ids, n_tri: int, bsz: int, h: int, w: int) -> tor
         sel = ((side > smaller) & (side <= tile)).nonzero().squeeze(1)
         smaller = tile
         if len(sel):
-            _draw_tiles(zbuf, coeffs[sel], boxes[sel], ids[sel], tile, n_tri, h, w)
+            _draw_tiles(zbuf, coeffs.index_select(0, sel), boxes.index_select(0, sel), ids.index_select(0, sel), tile,
+                        n_tri, h, w)
     sel = (side > smaller).nonzero().squeeze(1)
     if len(sel):
-        _draw_large(zbuf, coeffs[sel], boxes[sel], ids[sel], n_tri, h, w)
+        _draw_large(zbuf, coeffs.index_select(0, sel), boxes.index_select(0, sel), ids.index_select(0, sel), n_tri,
+                    h, w)
     return zbuf
 
 
@@ -195,28 +199,28 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> tuple[torch.T
         coeffs, boxes, ids = _triangle_setup(pos.detach().float(), tri, h, w)
         zbuf = _depth_test(coeffs, boxes, ids, n_tri, bsz, h, w)
         pix = (zbuf != _EMPTY_KEY).nonzero().squeeze(1)
-        tri_id = zbuf[pix] & 0xFFFFFFFF
+        tri_id = zbuf.index_select(0, pix) & 0xFFFFFFFF
         batch = pix // (h * w)
-        vert = tri.long()[tri_id] + (batch * n_vert)[:, None]  # [P,3] into [B*V]
-        fx = (pix % w).to(pos.dtype) + 0.5
-        fy = (pix // w % h).to(pos.dtype) + 0.5
+        vert = tri.long().index_select(0, tri_id) + (batch * n_vert)[:, None]  # [P,3] into [B*V]
+        ndc_x = ((pix % w).to(pos.dtype) + 0.5) * (2.0 / w) - 1.0
+        ndc_y = ((pix // w % h).to(pos.dtype) + 0.5) * (2.0 / h) - 1.0
     # Differentiable part, covered pixels only: clip-space edge functions at the pixel
-    # centre (in NDC) give perspective-correct barycentrics directly.
-    p = pos.reshape(-1, 4).index_select(0, vert.reshape(-1)).reshape(-1, 3, 4)
-    ndc_x = (2.0 / w) * fx - 1.0
-    ndc_y = (2.0 / h) * fy - 1.0
-    sx = p[..., 0] - ndc_x[:, None] * p[..., 3]
-    sy = p[..., 1] - ndc_y[:, None] * p[..., 3]
-    a0 = sx[:, 1] * sy[:, 2] - sy[:, 1] * sx[:, 2]
-    a1 = sx[:, 2] * sy[:, 0] - sy[:, 2] * sx[:, 0]
-    a2 = sx[:, 0] * sy[:, 1] - sy[:, 0] * sx[:, 1]
+    # centre (in NDC) give perspective-correct barycentrics directly. One gather per corner
+    # and unbinds, not slices: the backward pass then has no zero-filled [P,3,4] gradients.
+    flat_pos = pos.reshape(-1, 4)
+    corners = [flat_pos.index_select(0, vert[:, k]).unbind(1) for k in range(3)]  # (x, y, z, w) per corner
+    sx = [c[0] - ndc_x * c[3] for c in corners]
+    sy = [c[1] - ndc_y * c[3] for c in corners]
+    a0 = sx[1] * sy[2] - sy[1] * sx[2]
+    a1 = sx[2] * sy[0] - sy[2] * sx[0]
+    a2 = sx[0] * sy[1] - sy[0] * sx[1]
     inv = 1.0 / (a0 + a1 + a2)
     u = a0 * inv
     v = a1 * inv
     with torch.no_grad():
         b2 = 1.0 - u - v
-        zw = (u * p[:, 0, 2] + v * p[:, 1, 2] + b2 * p[:, 2, 2]) / (
-            u * p[:, 0, 3] + v * p[:, 1, 3] + b2 * p[:, 2, 3])
+        (_, _, z0, w0), (_, _, z1, w1), (_, _, z2, w2) = corners
+        zw = (u * z0 + v * z1 + b2 * z2) / (u * w0 + v * w1 + b2 * w2)
     values = torch.stack([u, v, zw, (tri_id + 1).to(u.dtype)], -1)
     rast = torch.zeros(bsz * h * w, 4, dtype=pos.dtype, device=pos.device).index_copy(0, pix, values)
     return rast.reshape(bsz, h, w, 4), torch.empty(0, dtype=pos.dtype, device=pos.device)
@@ -315,56 +319,62 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         The antialiased image ``[B,H,W,C]``.
     """
     bsz, h, w, n_ch = color.shape
-    n_vert = pos.shape[1]
+    n_vert, n_tri = pos.shape[1], tri.shape[0]
     if topology_hash is None:
         topology_hash = construct_topology_hash(tri)
     if pos_gradient_boost != 1.0:
         pos = pos + (pos_gradient_boost - 1.0) * (pos - pos.detach())  # same value, scaled gradient
     tri = tri.long()
     with torch.no_grad():
-        # Per triangle and edge: is it a silhouette edge on screen? (wing vertex test)
+        # Per triangle and edge: is it a silhouette edge on screen? (wing vertex test). Flat
+        # index_select gathers throughout: several times faster than advanced indexing on CPU.
         pos_d = pos.detach()
-        scr = pos_d[..., :2] / pos_d[..., 3:4]  # NDC is enough for signs
-        own = scr[:, tri]  # [B,T,3,2]
+        scr = (pos_d[..., :2] / pos_d[..., 3:4]).reshape(-1, 2)  # NDC is enough for signs; [B*V,2]
+        base = (torch.arange(bsz, device=pos.device) * n_vert)[:, None]
+        own = scr.index_select(0, (tri.reshape(1, -1) + base).reshape(-1)).reshape(bsz, n_tri, 3, 2)
+        wing = topology_hash.clamp_min(0).reshape(1, -1) + base
         opp = torch.where((topology_hash >= 0)[None, :, :, None],
-                          scr[:, topology_hash.clamp_min(0)], own)
+                          scr.index_select(0, wing.reshape(-1)).reshape(bsz, n_tri, 3, 2), own)
+
         def cross(o, p, q):
             return (p[..., 0] - o[..., 0]) * (q[..., 1] - o[..., 1]) - (q[..., 0] - o[..., 0]) * (p[..., 1] - o[..., 1])
         p0, p1, p2 = own.unbind(2)
+        o0, o1, o2 = opp.unbind(2)
         bb = cross(p0, p1, p2)  # [B,T]
-        wing = torch.stack([cross(opp[:, :, 0], p1, p2), cross(opp[:, :, 1], p2, p0),
-                            cross(opp[:, :, 2], p0, p1)], -1)  # [B,T,3]
-        silhouette = (wing >= 0) == (bb >= 0)[..., None]
-        has_silhouette = silhouette.any(-1).reshape(-1)
+        wings = torch.stack([cross(o0, p1, p2), cross(o1, p2, p0), cross(o2, p0, p1)], -1)  # [B,T,3]
+        silhouette = ((wings >= 0) == (bb >= 0)[..., None]).reshape(-1, 3)  # [B*T,3]
+        has_silhouette = silhouette.any(-1)
 
-        ids = rast[..., 3].long()  # [B,H,W], 0 = background
-        zs = rast[..., 2]
-        items = []
-        for d, (i0, i1) in enumerate(((ids[:, :, :-1], ids[:, :, 1:]), (ids[:, :-1, :], ids[:, 1:, :]))):
-            z0, z1 = (zs[:, :, :-1], zs[:, :, 1:]) if d == 0 else (zs[:, :-1, :], zs[:, 1:, :])
-            use_second = (i0 == 0) | ((i1 > 0) & (z1 <= z0))
-            chosen = torch.where(use_second, i1, i0)
-            cand = (i0 != i1).nonzero()
-            b_, y_, x_ = cand.unbind(1)
-            ch = chosen[b_, y_, x_]
-            keep = has_silhouette[b_ * tri.shape[0] + ch - 1]
-            b_, y_, x_, ch = b_[keep], y_[keep], x_[keep], ch[keep]
-            second = use_second[b_, y_, x_]
-            items.append((b_, y_, x_, ch - 1, second, torch.full_like(b_, d)))
-        b_, y_, x_, t_, second, d_ = (torch.cat(parts) for parts in zip(*items))
-        down = d_ == 1
-        # Pixel indices of the pair; the reference pixel is the one the triangle covers.
-        pix0 = (b_ * h + y_) * w + x_
+        # Pairs of neighbouring pixels with different triangles, horizontal then vertical, as flat
+        # indices of their first pixel into [B*H*W] (the second is +1, or +W).
+        ids = rast[..., 3].long().reshape(-1)  # 0 = background
+        zs = rast[..., 2].reshape(-1)
+        pixel = torch.arange(bsz * h * w, device=rast.device)
+        firsts = []
+        for step, valid in ((1, pixel % w < w - 1), (w, pixel // w % h < h - 1)):
+            first = valid.nonzero().squeeze(1)
+            firsts.append(first[ids.index_select(0, first) != ids.index_select(0, first + step)])
+        pix0 = torch.cat(firsts)
+        down = torch.cat([torch.zeros_like(firsts[0], dtype=torch.bool), torch.ones_like(firsts[1], dtype=torch.bool)])
         pix1 = pix0 + torch.where(down, w, 1)
-        ref_x = x_ + (second & ~down).long()
-        ref_y = y_ + (second & down).long()
+        i0, i1 = ids.index_select(0, pix0), ids.index_select(0, pix1)
+        second = (i0 == 0) | ((i1 > 0) & (zs.index_select(0, pix1) <= zs.index_select(0, pix0)))
+        chosen = torch.where(second, i1, i0)  # the nearer triangle of the pair
+        b_ = pix0 // (h * w)
+        keep = has_silhouette.index_select(0, b_ * n_tri + chosen - 1)
+        pix0, pix1, down, second, chosen, b_ = (t[keep] for t in (pix0, pix1, down, second, chosen, b_))
+        t_ = chosen - 1
+        # Pixel indices of the pair; the reference pixel is the one the triangle covers.
+        ref = torch.where(second, pix1, pix0)
+        ref_x, ref_y = ref % w, ref // w % h
         ds = torch.where(second, -1.0, 1.0).to(pos.dtype)
-        vert = tri[t_] + (b_ * n_vert)[:, None]  # [P,3]
-        sil = silhouette.reshape(-1, 3)[b_ * tri.shape[0] + t_]  # [P,3]
+        flat_t = b_ * n_tri + t_
+        vert = tri.index_select(0, t_) + (b_ * n_vert)[:, None]  # [P,3]
+        sil = silhouette.index_select(0, flat_t)  # [P,3]
 
     # Vertex positions in pixel units relative to the reference pixel centre, x along the
     # pair's direction (swapped for vertical pairs), differentiable.
-    p = pos.reshape(-1, 4)[vert]
+    p = pos.reshape(-1, 4).index_select(0, vert.reshape(-1)).reshape(-1, 3, 4)
     px = (p[..., 0] / p[..., 3] + 1.0) * (0.5 * w) - (ref_x.to(p.dtype) + 0.5)[:, None]
     py = (p[..., 1] / p[..., 3] + 1.0) * (0.5 * h) - (ref_y.to(p.dtype) + 0.5)[:, None]
     along = torch.where(down[:, None], py, px)
@@ -392,6 +402,6 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     dc = ds_sel * (pick(a1) * pick(d_across) - pick(c1) * pick(d_along)) / pick(d_across)
     alpha = ds_sel * (0.5 - dc.clamp(0.0, 1.0))
     flat = color.reshape(-1, n_ch)
-    delta = alpha[:, None] * (flat[pix1] - flat[pix0])
+    delta = alpha[:, None] * (flat.index_select(0, pix1) - flat.index_select(0, pix0))
     target = torch.where(alpha > 0, pix0, pix1)
     return flat.index_add(0, target, delta).reshape(bsz, h, w, n_ch)
