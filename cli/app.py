@@ -8,13 +8,13 @@ from typing import Optional
 
 import torch
 import typer
-from rich.progress import track
 
 from morphable import MESH_FORMATS, MorphableModel, Parameters, save_mesh
 
 from .errors import USER_ERRORS, InputError, fail, one_line, report, reported_errors
 from .fitting import FitConfig, FitDiverged
 from .options import check_detector, detector_option, device_option, model_option, resolve_device, threshold_option
+from .progress import progress_bar, progress_track
 from .training.commands import register as register_training_commands
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -49,7 +50,7 @@ def main(
     """
 
 
-ModelArg = typer.Argument(..., help="A morph model file (.safetensors).", show_default=False)
+ModelArg = typer.Argument(..., metavar="MODEL", help="A morph model file (.safetensors).", show_default=False)
 
 
 @app.command()
@@ -95,7 +96,7 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="Random seed (the same seed gives the same faces)."),
     sigma: float = typer.Option(1.0, "--sigma", min=0.0, help="Standard deviation of the prior, in units of the model's."),
     expression: bool = typer.Option(True, "--expression/--no-expression", help="Also sample expressions."),
-    fmt: str = typer.Option("ply", "--format", "-f", help="Mesh format: ply or obj."),
+    fmt: str = typer.Option("ply", "--format", "-f", metavar="ply|obj", help="Mesh format."),
 ) -> None:
     """Draw random faces from the model's prior and write them as coloured meshes.
 
@@ -110,7 +111,7 @@ def sample(
         params = Parameters.sample_prior(m.parameter_sizes, count, generator, sigma)
         with torch.no_grad():
             vertices, albedo = m(params.identity, params.expression if expression else None, params.albedo)
-        for i in track(range(count), description="writing meshes", transient=True):
+        for i in progress_track(range(count), "writing meshes"):
             save_mesh(out / f"sample_{i:03d}{suffix}", vertices[i], m.triangles, albedo[i])
     typer.echo(f"wrote {count} meshes to {out}")
 
@@ -130,15 +131,16 @@ LandmarkStepsOption = typer.Option(FitConfig.landmark_steps, "--landmark-steps",
 
 @app.command("fit")
 def fit_command(
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders of images.", show_default=False),
+    images: list[Path] = typer.Argument(..., metavar="IMAGES...", help="Image files and/or folders of images (or "
+                                        "video files).", show_default=False),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; each image gets OUT/<stem>/."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", "-l",
                                              help="68 landmarks for a single image (.pts 1-based, .json, .npy) "
                                                   "instead of detection."),
-    jaw: str = typer.Option("outline", "--jaw", help="Where the jaw of a --landmarks file lies: outline (the "
+    jaw: str = typer.Option("outline", "--jaw", metavar="outline|3d", help="Where the jaw of a --landmarks file lies: outline (the "
                             "visible outline, as 300-W annotates) or 3d (fixed surface points, as AFLW2000-3D)."),
     detector: str = detector_option(),
-    faces: str = typer.Option("all", "--faces", help="all: every face found (several: OUT/<stem>/face_<k>/, "
+    faces: str = typer.Option("all", "--faces", metavar="all|largest", help="all: every face found (several: OUT/<stem>/face_<k>/, "
                               "k = 0 for the largest); largest: only the largest."),
     threshold: float = threshold_option(),
     robust: bool = typer.Option(True, "--robust/--no-robust", help="Geman-McClure landmark loss: a wrong point "
@@ -146,7 +148,7 @@ def fit_command(
     model: Optional[Path] = ModelOption,
     network: Optional[Path] = typer.Option(None, "--network", "-n",
                                            help="Start from this trained network's prediction (morph train)."),
-    init: str = typer.Option("auto", "--init", help="Where the fit starts: network (--network, or the shipped "
+    init: str = typer.Option("auto", "--init", metavar="auto|network|closed-form", help="Where the fit starts: network (--network, or the shipped "
                              "assets/morph_regressor.safetensors), closed-form (from the landmarks alone, as eos), "
                              "or auto: the network when there is one for the model, else closed-form."),
     device: str = DeviceOption,
@@ -184,7 +186,7 @@ def fit_command(
         raise typer.Exit(fit_multi(images, out, video=video, same_person=same_person, fps=fps, landmarks=landmarks,
                                    model=model, device=device, resolution=resolution, steps=steps,
                                    landmark_steps=landmark_steps, detector=detector, threshold=threshold))
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from .defaults import load_model, start_network
     from .files import collect_images
@@ -211,8 +213,8 @@ def fit_command(
         config.robust = None
     failures, results = [], []  # results: (image, error line or None), for the index
     per_face = config.landmark_steps + config.photometric_steps
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), transient=True, disable=None) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn()) as bar:
         task = bar.add_task("fitting", total=len(paths) * per_face)
         done_steps = 0
         for path in paths:
@@ -260,13 +262,15 @@ def fit_command(
 
 @app.command("eval")
 def eval_command(
-    folder: Path = typer.Argument(..., help="Folder of images with .pts ground truth beside them.", show_default=False),
+    folder: Path = typer.Argument(..., metavar="FOLDER", help="Folder of images with .pts ground truth beside them.",
+                                  show_default=False),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
     detector: str = detector_option(),
     model: Optional[Path] = ModelOption,
     network: Optional[Path] = typer.Option(None, "--network", "-n", help="Start the fits from this network "
                                            "(its own prediction is compared too)."),
-    init: str = typer.Option("auto", "--init", help="network, closed-form or auto (as morph fit)."),
+    init: str = typer.Option("auto", "--init", metavar="auto|network|closed-form",
+                             help="Where the fits start (as morph fit)."),
     device: str = DeviceOption,
     steps: int = StepsOption,
     landmark_steps: int = LandmarkStepsOption,
@@ -327,9 +331,10 @@ register_training_commands(app)
 
 @app.command("convert")
 def convert_command(
-    source: Path = typer.Argument(..., help="The model as distributed: its main file or its folder.",
+    source: Path = typer.Argument(..., metavar="SOURCE", help="The model as distributed: its main file or its folder.",
                                   show_default=False),
-    fmt: str = typer.Option(..., "--from", "-f", help="Source format: bfm2009, bfm2017 (= bfm2019), flame, ict, sfm.",
+    fmt: str = typer.Option(..., "--from", "-f", metavar="bfm2009|bfm2017|bfm2019|flame|ict|sfm",
+                            help="Source format (bfm2019 reads as bfm2017).",
                             show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors).", show_default=False),
     n_identity: Optional[int] = typer.Option(None, "--n-identity", min=0, help="Keep the first K identity components."),
@@ -352,7 +357,7 @@ def convert_command(
                                                      help="ict, sfm: blendshape scale (default 0.25: a "
                                                      "coefficient of 4 is one full blendshape)."),
     licence: Optional[str] = typer.Option(None, "--licence", help="Override the licence written in the metadata."),
-    dtype: str = typer.Option("float32", "--dtype", help="Stored floats: float32 (the source's precision) or "
+    dtype: str = typer.Option("float32", "--dtype", metavar="float32|float16", help="Stored floats: float32 (the source's precision) or "
                               "float16 (half the size; ~0.03 mm rounding)."),
 ) -> None:
     """Convert a published morphable model into a morph model file.
@@ -362,7 +367,7 @@ def convert_command(
     68 iBUG landmarks (points a published mapping lacks are derived and listed in the
     model's description), the source's licence and origin. The result keeps the
     source's licence: do not redistribute it. BFM files need the convert extra:
-    pip install 'morph\\[convert]'.
+    pip install -e ".[convert]" in the checkout.
 
     Files per --from format (found beside SOURCE under these names unless given):
 
@@ -370,7 +375,7 @@ def convert_command(
     BFM_exp_idx.mat (expressions); --crop front also needs BFM_front_idx.mat +
     facemodel_info.mat (Deep3DFaceRecon's BFM folder).
 
-    bfm2017, bfm2019: the .h5 file (model2017-1_bfm_nomouth.h5, model2019_bfm.h5, ...).
+    bfm2017, bfm2019: the .h5 file (model2017-1_bfm_nomouth.h5, model2019_fullHead.h5, ...).
 
     flame: the pickle (generic_model.pkl, flame2023.pkl, flame2023_Open.pkl) and a
     landmark embedding (landmark_embedding.npy, or flame_static_embedding.pkl +

@@ -35,7 +35,8 @@ def load_image(path: Path) -> torch.Tensor:
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except Exception as exc:  # imageio raises many types for undecodable data
-        raise InputError(f"{path}: cannot read the image ({type(exc).__name__})") from None
+        raise InputError(f"{path}: cannot read the image (not an image file, or a damaged one: "
+                         f"{type(exc).__name__})") from None
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # channels-first TIFF

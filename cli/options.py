@@ -26,16 +26,16 @@ def model_option():
 
 
 def device_option():
-    return typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")
+    return typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="auto: CUDA when available, else cpu.")
 
 
 DETECTOR_HELP = ("Face detector: mediapipe (default: MediaPipe's face detector and 468-point mesh, Apache-2.0, "
-                 "run in PyTorch) or dlib (HOG + 68-point predictor, pip extra \\[dlib]; the predictor is trained on "
+                 "run in PyTorch) or dlib (HOG + 68-point predictor, pip extra [dlib]; the predictor is trained on "
                  "iBUG 300-W, whose licence excludes commercial use).")
 
 
 def detector_option():
-    return typer.Option("mediapipe", "--detector", help=DETECTOR_HELP)
+    return typer.Option("mediapipe", "--detector", metavar="mediapipe|dlib", help=DETECTOR_HELP)
 
 
 def threshold_option():

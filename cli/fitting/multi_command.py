@@ -17,10 +17,12 @@ from .optimise import FitConfig, FitDiverged
 
 
 def _bar():
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), transient=True, disable=None)
+    from ..progress import progress_bar
+
+    return progress_bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn())
 
 
 def fit_multi(images: list[Path], out: Path, *, video: bool, same_person: bool, fps: float | None,

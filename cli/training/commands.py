@@ -15,7 +15,8 @@ from ..options import check_detector, detector_option, device_option, model_opti
 
 
 def prepare_command(
-    photos: list[Path] = typer.Argument(..., help="Photos and/or folders of photos.", show_default=False),
+    photos: list[Path] = typer.Argument(..., metavar="PHOTOS...", help="Photos and/or folders of photos.",
+                                        show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="The dataset folder (created, or added to).", show_default=False),
     resolution: int = typer.Option(224, "--resolution", "-r", help="Crop side in pixels: 224 or 128."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the photos that failed before."),
@@ -29,7 +30,7 @@ def prepare_command(
 
     Example: morph prepare photos/ --out data/photos --resolution 224
     """
-    from rich.progress import track
+    from ..progress import progress_track
 
     from ..files import collect_images
     from .prepare import prepare_dataset
@@ -44,7 +45,7 @@ def prepare_command(
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise InputError(f"{missing[0]}: no such file")
-        steps = iter(track(range(len(paths)), description="preparing", transient=True, disable=None))
+        steps = iter(progress_track(range(len(paths)), "preparing"))
         next(steps, None)
 
         def on_photo(path, error):
@@ -63,7 +64,7 @@ def synth_command(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
     resolution: int = typer.Option(224, "--resolution", "-r", help="Crop side in pixels: 224 or 128."),
     images: bool = typer.Option(False, "--images", help="Also write every face as a PNG with its .pts and parameters."),
-    backgrounds: str = typer.Option("both", "--backgrounds",
+    backgrounds: str = typer.Option("both", "--backgrounds", metavar="procedural|photos|both",
                                     help="procedural, photos (scikit-image's CC0 samples: the train extra) or both."),
     background_folder: Optional[Path] = typer.Option(None, "--background-folder", help="More background photos."),
     model: Optional[Path] = model_option(),
@@ -75,7 +76,9 @@ def synth_command(
 
     Example: morph synth --count 10000 --out data/synth --seed 1 --resolution 128
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+
+    from ..progress import progress_bar
 
     from ..defaults import load_model
     from .backgrounds import Backgrounds
@@ -86,8 +89,8 @@ def synth_command(
             raise InputError(f"--resolution {resolution}: use 128 or 224")
         face_model = load_model(model)
         library = Backgrounds(resolution, backgrounds, background_folder)
-        with Progress(TextColumn("rendering"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeRemainingColumn(), transient=True, disable=None) as bar:
+        with progress_bar(TextColumn("rendering"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TimeRemainingColumn()) as bar:
             task = bar.add_task("synth", total=count)
             made = synthesize(face_model, out, count, seed, resolution, library, images=images,
                               progress=lambda n: bar.advance(task, n))
@@ -96,7 +99,7 @@ def synth_command(
 
 
 def train_command(
-    datasets: Optional[list[Path]] = typer.Argument(None, help="Dataset folders (morph prepare / morph synth).",
+    datasets: Optional[list[Path]] = typer.Argument(None, metavar="DATASETS...", help="Dataset folders (morph prepare / morph synth).",
                                                     show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder (logs, checkpoints, network)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
@@ -161,7 +164,8 @@ def train_command(
 
 
 def predict_command(
-    photos: list[Path] = typer.Argument(..., help="Photos and/or folders of photos.", show_default=False),
+    photos: list[Path] = typer.Argument(..., metavar="PHOTOS...", help="Photos and/or folders of photos.",
+                                        show_default=False),
     network: Optional[Path] = typer.Option(None, "--network", "-n", help="A trained network (network.safetensors; "
                                            "default: the shipped assets/morph_regressor.safetensors)."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; each photo gets OUT/<stem>/."),
@@ -173,7 +177,7 @@ def predict_command(
 ) -> None:
     """Reconstruct faces with one forward pass of a trained network.
 
-    Writes the same outputs as morph fit.
+    Writes the same outputs as morph fit except loss_curve.svg (nothing is optimised).
 
     Example: morph predict assets/astronaut.png --out out/
     """
