@@ -117,3 +117,11 @@ def test_installed_console_script_reports_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "not a readable safetensors file" in proc.stderr
+
+
+def test_piped_output_has_no_progress_bar_or_blank_lines(tmp_path, model_file):
+    """Off a terminal the progress bar stays off: only the command's own lines reach a pipe."""
+    proc = subprocess.run([sys.executable, "-c", "from cli import run; run()", "sample", str(model_file),
+                           "--count", "2", "--out", str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"wrote 2 meshes to {tmp_path / 's'}"] and proc.stderr == ""
