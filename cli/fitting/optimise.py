@@ -51,7 +51,7 @@ class FitConfig:
     # The photometric stage renders the same crop at this many pixels, with the model's coarse
     # triangles where it has them: a 128-px crop holds fewer pixels than the full mesh has
     # triangles, and the fit's landmarks and masked PSNR were unchanged against 224 px and the
-    # full mesh (17 photos), at a third of the time per step.
+    # full mesh (17 photos), at about half the time per step.
     photometric_resolution: int = 128
     photometric_detail: str = "coarse"
     # torch CPU threads while optimising (None: leave torch's setting). The stages' tensors are
@@ -59,7 +59,7 @@ class FitConfig:
     # 27 -> 22 ms with one thread).
     threads: int | None = 1
     # Before the photometric stage, the light by linear least squares under the landmark
-    # stage's shape and the start's albedo (a good light to start from saves Adam steps; solving
+    # stage's shape and the mean albedo (a good light to start from saves Adam steps; solving
     # the albedo too, alternately, drifted to bright light on extreme albedos: 5.8 sigma).
     solve_lighting: bool = True
     crop_scale: float = CROP_SCALE
