@@ -105,21 +105,10 @@ def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, me
     return StageReport(name, len(history), time.perf_counter() - start, final, history, term_history)
 
 
-class _Objective(torch.nn.Module):
-    """A loss function's total as a module call, so that :func:`torch.func.functional_call` can put
-    other values in ``variables``' places (and :mod:`torch.func` can differentiate it twice)."""
-
-    def __init__(self, variables: torch.nn.Module, loss_fn):
-        super().__init__()
-        self.variables, self.loss_fn = variables, loss_fn
-
-    def forward(self) -> torch.Tensor:
-        return self.loss_fn()[0]
-
-
 class _Call(torch.nn.Module):
     """``fn(*args)`` as a module call, so that :func:`torch.func.functional_call` can put other
-    values (e.g. a batch of them) in ``variables``' places."""
+    values (e.g. a batch of them) in ``variables``' places (and :mod:`torch.func` can
+    differentiate it)."""
 
     def __init__(self, variables: torch.nn.Module, fn):
         super().__init__()
@@ -228,7 +217,7 @@ def newton_stage(name: str, steps: int, variables: torch.nn.Module, groups, loss
     sizes = [t.numel() for t in tensors.values()]
 
     def as_function(fn):
-        objective = _Objective(variables, fn)
+        objective = _Call(variables, lambda: fn()[0])  # the total only
 
         def f(flat):
             chunks = {f"variables.{g}": c.reshape(shape)
