@@ -43,7 +43,7 @@ from cli.training.loop import TrainingInterrupted, train  # noqa: E402
 from cli.training.network import ParameterRegressor  # noqa: E402
 from cli.training.prepare import prepare_dataset  # noqa: E402
 from cli.training.shards import read_index  # noqa: E402
-from cli.training.synth import synthesize  # noqa: E402
+from cli.training.synth import SynthConfig, synthesize  # noqa: E402
 
 OUT = ASSETS / "morph_regressor.safetensors"
 
@@ -97,8 +97,11 @@ def main(argv=None) -> None:
 
     s = recipe["synth"]
     log(f"synth: {s['count']} faces at {s['resolution']} px, seed {s['seed']}")
+    prior = {k: v for k, v in s.items() if k not in ("count", "seed", "resolution", "backgrounds")}
+    if unknown := sorted(set(prior) - set(SynthConfig.__dataclass_fields__)):
+        sys.exit(f"{args.config}: [synth] has unknown keys {unknown}")
     synthesize(model, args.work / "synth", s["count"], s["seed"], s["resolution"],
-               Backgrounds(s["resolution"], s["backgrounds"]),
+               Backgrounds(s["resolution"], s["backgrounds"]), config=SynthConfig(**prior),
                progress=lambda n: None)
     log(f"synth done ({time.time() - started:.0f} s so far)")
 

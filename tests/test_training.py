@@ -127,6 +127,30 @@ def test_synth_same_seed_same_bytes(tmp_path, face_model, synth_data):
     assert 0 < projected.min() and projected.max() < 128
 
 
+def test_symmetric_expressions_move_both_sides_and_keep_each_units_spread(face_model):
+    from cli.training.synth import OPPOSED_PAIRS, SynthConfig, mirror_partners, sample_parameters
+
+    names = face_model.expression_names
+    partner = mirror_partners(names, len(names), OPPOSED_PAIRS)
+    assert names[partner[names.index("mouthSmileLeft")]] == "mouthSmileRight"
+    assert partner[names.index("jawLeft")] == -1 and partner[names.index("jawOpen")] == -1
+
+    def draws(symmetry):
+        config = SynthConfig(expression_symmetry=symmetry)
+        return torch.stack([sample_parameters(face_model, torch.Generator().manual_seed(i), config).expression[0]
+                            for i in range(1500)])
+
+    independent, symmetric = draws(0.0), draws(0.8)
+    smile = [names.index("mouthSmileLeft"), names.index("mouthSmileRight")]
+    jaw = [names.index("jawLeft"), names.index("jawRight")]
+    assert abs(torch.corrcoef(independent[:, smile].T)[0, 1]) < 0.1
+    assert torch.corrcoef(symmetric[:, smile].T)[0, 1] > 0.7
+    assert abs(torch.corrcoef(symmetric[:, jaw].T)[0, 1]) < 0.1  # opposite movements stay independent
+    # Mixing keeps each unit's spread (the paired kicks add a little).
+    ratio = symmetric.std(0) / independent.std(0)
+    assert (ratio > 0.9).all() and (ratio < 1.25).all()
+
+
 def test_dataset_reads_back_what_was_written(tmp_path):
     writer = ShardWriter(tmp_path / "d", 128, shard_size=3)
     images = torch.randint(0, 256, (7, 3, 128, 128), dtype=torch.uint8)

@@ -4,7 +4,8 @@ Sample ``i`` of seed ``s`` depends only on ``(s, i)`` (its own generator), so th
 gives the same bytes, and an interrupted run continues where it stopped. Each face:
 
 - identity and albedo ~ N(0, 1); expression: N(0, 0.5^2) plus a few strong one-sided
-  activations (blendshape bases such as ARKit's act in one direction);
+  activations (blendshape bases such as ARKit's act in one direction), optionally with the
+  left and right units of a pair moving together (``SynthConfig.expression_symmetry``);
 - pose: yaw in +-70 deg, pitch in +-30 deg, roll in +-20 deg (uniform);
 - SH light: ambient with a random tint and strength, a random directional (band 1) term,
   a little band 2;
@@ -38,6 +39,9 @@ from .backgrounds import Backgrounds
 from .shards import SHARD_SIZE, Sample, ShardWriter
 
 BATCH = 16
+# ARKit pairs whose two sides are opposite movements, not one movement on both sides of the face
+# (the jaw or mouth shifted left or right; the eyes looking in or out is a squint, not a glance).
+OPPOSED_PAIRS = ("jaw", "mouth", "eyeLookIn", "eyeLookOut")
 
 
 @dataclass
@@ -48,6 +52,7 @@ class SynthConfig:
     expression_sigma: float = 0.5
     expression_kicks: float = 2.0  # mean number of strong one-sided activations
     expression_kick: float = 3.0  # their maximum coefficient
+    expression_symmetry: float = 0.0  # left/right units (names ending Left/Right) move together: correlation
     occluder: float = 0.2  # probability of an occluding patch
     head: float = 0.6  # probability of a head-sized backdrop (hair, neck, ears are not in the model)
 
@@ -59,10 +64,22 @@ def sample_parameters(model: MorphableModel, g: torch.Generator, config: SynthCo
     p.identity[:] = torch.randn(1, sizes.identity, generator=g)
     p.albedo[:] = torch.randn(1, sizes.albedo, generator=g)
     expression = config.expression_sigma * torch.randn(sizes.expression, generator=g)
+    # Faces mostly move both sides at once (a smile is mouthSmileLeft and mouthSmileRight): with
+    # expression_symmetry each left/right pair's draws are mixed to that correlation (each unit
+    # keeps its variance), and a kicked unit's partner gets the same kick that often.
+    rho = config.expression_symmetry
+    partner = mirror_partners(model.expression_names, sizes.expression, OPPOSED_PAIRS) if rho else None
+    if rho:
+        left = (partner >= 0) & (torch.arange(sizes.expression) < partner)
+        expression[partner[left]] = rho * expression[left] + math.sqrt(1 - rho ** 2) * expression[partner[left]]
     kicks = int(torch.poisson(torch.tensor([config.expression_kicks]), generator=g))
     if kicks and sizes.expression:
         units = torch.randint(sizes.expression, (kicks,), generator=g)
-        expression[units] += config.expression_kick * torch.rand(kicks, generator=g)
+        strength = config.expression_kick * torch.rand(kicks, generator=g)
+        if rho:
+            paired = (partner[units] >= 0) & (torch.rand(kicks, generator=g) < rho)
+            units, strength = torch.cat([units, partner[units[paired]]]), torch.cat([strength, strength[paired]])
+        expression[units] += strength
     p.expression[:] = expression
     angles = (torch.rand(3, generator=g) * 2 - 1) * torch.tensor([config.pitch, config.yaw, config.roll])
     p.pose[:, :3] = kornia.geometry.conversions.rotation_matrix_to_axis_angle(
@@ -78,6 +95,19 @@ def sample_parameters(model: MorphableModel, g: torch.Generator, config: SynthCo
     light[:, 4:] = 0.1 * DEFAULT_SH_DC * torch.randn(1, 5, generator=g)
     p.lighting[:] = light.reshape(1, NUM_SH)
     return p
+
+
+def mirror_partners(names: list[str] | None, count: int, skip: tuple[str, ...] = ()) -> torch.Tensor:
+    """``[E]`` the index of each expression unit's mirror unit (``xLeft`` <-> ``xRight``), -1 where
+    none or where the stem ``x`` is in ``skip``."""
+    partner = torch.full((count,), -1, dtype=torch.long)
+    index = {name: i for i, name in enumerate(names or [])}
+    for name, i in index.items():
+        for side, other in (("Left", "Right"), ("Right", "Left")):
+            stem = name[:-len(side)]
+            if name.endswith(side) and stem not in skip and stem + other in index:
+                partner[i] = index[stem + other]
+    return partner
 
 
 def _euler_xyz(angles: torch.Tensor) -> torch.Tensor:
