@@ -21,6 +21,7 @@ look like crops of photos. The stored parameters are in that crop's frame.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def sample_parameters(model: MorphableModel, g: torch.Generator, config: SynthCo
     # expression_symmetry each left/right pair's draws are mixed to that correlation (each unit
     # keeps its variance), and a kicked unit's partner gets the same kick that often.
     rho = config.expression_symmetry
-    partner = mirror_partners(model.expression_names, sizes.expression, OPPOSED_PAIRS) if rho else None
+    partner = _symmetric_partners(tuple(model.expression_names or ()), sizes.expression) if rho else None
     if rho:
         left = (partner >= 0) & (torch.arange(sizes.expression) < partner)
         expression[partner[left]] = rho * expression[left] + math.sqrt(1 - rho ** 2) * expression[partner[left]]
@@ -108,6 +109,12 @@ def mirror_partners(names: list[str] | None, count: int, skip: tuple[str, ...] =
             if name.endswith(side) and stem not in skip and stem + other in index:
                 partner[i] = index[stem + other]
     return partner
+
+
+@functools.lru_cache(maxsize=8)
+def _symmetric_partners(names: tuple[str, ...], count: int) -> torch.Tensor:
+    """:func:`mirror_partners` without the opposed pairs, once per model (not once per face)."""
+    return mirror_partners(list(names), count, OPPOSED_PAIRS)
 
 
 def _euler_xyz(angles: torch.Tensor) -> torch.Tensor:
