@@ -23,7 +23,7 @@ every render. Then:
   symmetric. The jaw (0-16) follows the 300-W convention instead of the detector's mapping:
   17 points equally spaced along the frontal outline (the detector's face oval) from the height
   of the outer eye corners down to the chin and up again (:func:`jaw_targets`), each placed in
-  depth on the frontal occluding contour along its contour line (:mod:`cli.contour`), so that
+  depth on the frontal occluding contour along its contour line (:mod:`cli.fitting.contour`), so that
   the 3-D jaw vertex and the outline convention's contour point coincide on a frontal face.
 """
 
@@ -298,13 +298,13 @@ def jaw_on_outline(frontal: View, targets: np.ndarray, vertices: np.ndarray, nor
                    centre: np.ndarray, mirror: np.ndarray) -> np.ndarray:
     """``[17]`` jaw vertices on the frontal outline at ``targets [17,2]`` (model-space x, y, symmetric).
 
-    Along each target's contour line (:mod:`cli.contour`, running on past the outline), the
+    Along each target's contour line (:mod:`cli.fitting.contour`, running on past the outline), the
     occluding contour of a frontal view nearest the target (the last sample whose normal faces
     the camera before one that does not), within CONTOUR_REACH_MM inside it; where the line has
     none (the chin: the neck continues below it), the line's sample nearest the target.
     The subject's left half mirrors the right.
     """
-    from cli.contour import contour_lines
+    from cli.fitting.contour import contour_lines
 
     jaw = torch.tensor(np.concatenate([targets, np.zeros((17, 1))], 1))
     lines, directions = contour_lines(torch.tensor(vertices), torch.tensor(normals), jaw, torch.tensor(centre))

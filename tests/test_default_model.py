@@ -127,7 +127,7 @@ def test_dense_embedding_projects_onto_mediapipes_points(model, renders, yaw):
 
 def test_coarse_level_covers_the_face(model):
     """The coarse triangles (base quads the cut leaves whole) cover >= 95 % of the full render, face outwards."""
-    from cli.scene import FaceScene
+    from cli.fitting.scene import FaceScene
     from morphable import Parameters
     from render import vertex_normals
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import losses
 import render
 from cli import app
-from cli.crop import Crop, crop_image
+from cli.fitting.crop import Crop, crop_image
 from cli.files import load_image, read_landmarks
 from cli.fitting import FitConfig, FitDiverged, fit, solve_pose
 from cli.fitting.benchmark import synthetic_face
@@ -47,7 +47,7 @@ def test_solve_pose_recovers_a_known_pose():
 
 def test_lighting_solve_recovers_a_known_light(default_model):
     from cli.fitting.stages import solve_lighting
-    from cli.scene import FaceScene
+    from cli.fitting.scene import FaceScene
 
     scene = FaceScene(default_model, 128)
     truth = Parameters.sample_prior(default_model.parameter_sizes, 2, torch.Generator().manual_seed(0))

@@ -17,7 +17,7 @@ import render
 from cli import app
 from cli.fitting import FitConfig, FitDiverged, fit
 from cli.fitting.benchmark import synthetic_face
-from cli.scene import FaceScene
+from cli.fitting.scene import FaceScene
 from morphable import MorphableModel, Parameters
 
 ROOT = Path(__file__).resolve().parents[1]

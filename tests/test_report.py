@@ -13,7 +13,7 @@ import torch
 import trimesh
 
 import render
-from cli.crop import Crop
+from cli.fitting.crop import Crop
 from cli.fitting.optimise import FitResult, StageReport
 from cli.report import OUTPUT_FILES, bake, index_html, loss_curve_svg, render_view, texel_table, write_fit_outputs
 from cli.report.html import encode_image

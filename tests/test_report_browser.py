@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli.crop import Crop
+from cli.fitting.crop import Crop
 from cli.fitting.optimise import FitResult, StageReport
 from cli.report import write_fit_outputs
 from morphable import MorphableModel, Parameters

@@ -21,7 +21,7 @@ from cli.fitting import FitConfig
 from cli.fitting.clip import drop_isolated, find_faces, fit_clip, fit_clip_and_write, follow
 from cli.fitting.same_person import fit_same_person
 from cli.fitting.tracking import TrackConfig, bridge, jitter, select_keyframes
-from cli.sample_data import SampleUnavailable, sample_clip
+from cli.fitting.sample_data import SampleUnavailable, sample_clip
 from cli.files import read_landmark_track
 from cli.video import FrameReader, VideoWriter
 from morphable import MorphableModel, Parameters

@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli import app
-from cli.crop import make_crop
+from cli.fitting.crop import make_crop
 from cli.defaults import load_model
 from cli.files import read_landmarks
-from cli.scene import FaceScene
+from cli.fitting.scene import FaceScene
 from cli.training import (MIRROR_68, AugmentConfig, BatchStream, Dataset, NetworkFileError,
                           ParameterRegressor, ShardWriter, TrainConfig, augment, split, synthesize,
                           train)

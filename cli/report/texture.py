@@ -39,7 +39,7 @@ import torch.nn.functional as F
 import render
 from morphable import MorphableModel, Parameters
 
-from ..scene import rotation_matrix
+from ..fitting.scene import rotation_matrix
 
 TEXTURE_SIZE = 1024
 FACING = (0.25, 0.6)  # normal·view: below the first no photo (grazing), above the second full weight

@@ -23,7 +23,7 @@ import render
 from morphable import MorphableModel, Parameters, atomic_path, save_mesh
 
 from ..files import atomic_directory, to_uint8, write_png
-from ..scene import rotation_matrix
+from ..fitting.scene import rotation_matrix
 from ..video import VideoWriter
 from .overlay import overlay
 

@@ -17,10 +17,10 @@ import torch
 from losses import landmark_nme
 from morphable import MorphableModel
 
-from ..crop import crop_image, make_crop
+from ..fitting.crop import crop_image, make_crop
 from ..detect import DEFAULT_DETECTOR, NoFaceFound, detect_landmarks
 from ..files import annotated_images, load_image
-from ..scene import FaceScene
+from ..fitting.scene import FaceScene
 from .network import ParameterRegressor
 
 

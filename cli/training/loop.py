@@ -1,7 +1,7 @@
 """``morph train``: the training loop.
 
 A step is the fitter's photometric step with the optimised variables replaced by the
-network's output: crops -> :class:`ParameterRegressor` -> :class:`cli.scene.FaceScene`
+network's output: crops -> :class:`ParameterRegressor` -> :class:`cli.fitting.scene.FaceScene`
 (the same renderer call the fitter makes) -> the same ``losses`` objects:
 
     loss = w_lm * LandmarkLoss(Deep3DFaceRecon point weights, in 224-px units)
@@ -38,7 +38,7 @@ from morphable import MorphableModel
 from ..defaults import load_model
 from ..errors import InputError
 from ..files import to_uint8, write_png
-from ..scene import FaceScene
+from ..fitting.scene import FaceScene
 from . import distributed
 from .augment import augment
 from .checkpoint import NAME as CHECKPOINT, load_checkpoint, save_checkpoint

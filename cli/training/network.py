@@ -1,8 +1,8 @@
 """The face parameter network: a ResNet backbone and one zero-initialised head per parameter group.
 
-``ParameterRegressor`` maps face crops ``[B,3,S,S]`` in [0,1] (the crop of :mod:`cli.crop`,
+``ParameterRegressor`` maps face crops ``[B,3,S,S]`` in [0,1] (the crop of :mod:`cli.fitting.crop`,
 S = 224 or 128) to :class:`morphable.Parameters` in that crop's frame (the scaled-orthographic
-camera of :mod:`cli.scene`). Heads start at zero, so an untrained network predicts the
+camera of :mod:`cli.fitting.scene`). Heads start at zero, so an untrained network predicts the
 neutral face: mean shape and albedo, the default light, no rotation, and the pose that
 puts the mean face's 68 landmarks centred in the crop at the size the crop gives them.
 
@@ -22,7 +22,7 @@ from torch import nn
 from morphable import MorphableModel, Parameters, ParameterSizes, default_lighting
 from morphable.schema import atomic_save_safetensors
 
-from ..crop import CROP_SCALE
+from ..fitting.crop import CROP_SCALE
 from ..errors import InputError
 
 FORMAT = "morph-regressor"
@@ -132,7 +132,7 @@ class ResNet(nn.Module):
 def neutral_pose(model: MorphableModel, input_size: int, crop_scale: float = CROP_SCALE) -> tuple[float, float, float]:
     """(scale, tx, ty): the pose that puts the mean face's frontal 68 landmarks where the crop puts them.
 
-    The crop (:func:`cli.crop.make_crop`) centres the landmarks' bounding box and makes its
+    The crop (:func:`cli.fitting.crop.make_crop`) centres the landmarks' bounding box and makes its
     larger side ``1 / crop_scale`` of the crop.
     """
     points = model.shape_mean[model.landmarks][:, :2].double()

@@ -9,16 +9,16 @@ import torch
 import render
 from morphable import MorphableModel, Parameters
 
-from ..crop import crop_image, make_crop
+from ..fitting.crop import crop_image, make_crop
 from ..fitting.optimise import FitResult, StageReport
-from ..scene import FaceScene
+from ..fitting.scene import FaceScene
 from .network import ParameterRegressor
 
 
 @torch.no_grad()
 def predict(net: ParameterRegressor, image: torch.Tensor, landmarks: torch.Tensor) -> Parameters:
     """Parameters (batch 1, pose in original-image pixels) of the face in ``image [3,H,W]``
-    whose landmarks ``[68,2]`` define the crop (as :func:`cli.crop.make_crop` makes it)."""
+    whose landmarks ``[68,2]`` define the crop (as :func:`cli.fitting.crop.make_crop` makes it)."""
     device = next(net.parameters()).device
     crop = make_crop(landmarks, net.input_size, net.crop_scale)
     net.eval()

@@ -2,7 +2,7 @@
 
 For every photo, the landmarks come from an iBUG ``.pts`` file beside it (read 1-based, as
 ``morph fit --landmarks`` reads it) or from the detector; the crop is the one ``morph fit``
-makes (:mod:`cli.crop`). A detector's 17 jaw points follow the visible outline, not the
+makes (:mod:`cli.fitting.crop`). A detector's 17 jaw points follow the visible outline, not the
 model's 3D jaw, so they get ``DETECTOR_JAW_WEIGHT`` in the sample's landmark weights. A photo that fails is logged (``DATASET/prepare.log`` and the
 index's ``failed``) and skipped; a re-run skips the photos already done or failed (unless
 told to retry the failed ones).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..crop import crop_image, make_crop
+from ..fitting.crop import crop_image, make_crop
 from ..detect import detect_landmarks
 from ..errors import USER_ERRORS
 from ..files import load_image, read_landmarks

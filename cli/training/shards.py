@@ -11,7 +11,7 @@ Layout of a dataset folder::
 A shard holds ``n`` samples (at most ``SHARD_SIZE``) as tensors:
 
 ===================  ================  ===============================================
-images               [n,3,S,S] uint8   face crops (the crop of :mod:`cli.crop`), RGB
+images               [n,3,S,S] uint8   face crops (the crop of :mod:`cli.fitting.crop`), RGB
 landmarks            [n,68,2] float32  68 iBUG landmarks in crop pixels (morph's convention)
 landmark_weights     [n,68] float32    1 where a landmark is valid, 0 where it is not
 params_identity ...  [n,K] float32     optional ground-truth parameters (synthetic data):

@@ -14,7 +14,7 @@ gives the same bytes, and an interrupted run continues where it stopped. Each fa
   no hair, ears or neck: the face should not always meet the background at its edge);
   optionally a random occluder (a patch of another background) over part of the face.
 
-The face is rendered directly in the frame of the crop :mod:`cli.crop` makes from its
+The face is rendered directly in the frame of the crop :mod:`cli.fitting.crop` makes from its
 landmarks (the crop is a similarity, so the pose is mapped exactly), so synthetic crops
 look like crops of photos. The stored parameters are in that crop's frame.
 """
@@ -32,10 +32,10 @@ import torch
 from morphable import MorphableModel, Parameters
 from morphable.parameters import DEFAULT_SH_DC, NUM_SH
 
-from ..crop import CROP_SCALE, make_crop
+from ..fitting.crop import CROP_SCALE, make_crop
 from ..errors import InputError
 from ..files import to_uint8, write_png, write_text
-from ..scene import FaceScene, VertexRows
+from ..fitting.scene import FaceScene, VertexRows
 from .backgrounds import Backgrounds
 from .shards import SHARD_SIZE, Sample, ShardWriter
 

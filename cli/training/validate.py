@@ -8,7 +8,7 @@ import torch
 from losses import landmark_nme
 from morphable import Parameters
 
-from ..scene import FaceScene, rotation_matrix
+from ..fitting.scene import FaceScene, rotation_matrix
 from .loader import Batch, BatchStream
 
 GRID_ROWS = 8

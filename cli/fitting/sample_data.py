@@ -16,7 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 VERSION = "2.1.5"
 CLIPS = ("WolfgangLanger_Pexels.mp4", "no_face.mp4", "single_face.mp4", "face_noface.mov", "noface_face.mov")

@@ -16,7 +16,7 @@ import torch
 
 from morphable import Parameters
 
-from .errors import InputError
+from ..errors import InputError
 
 CROP_SCALE = 1.5  # crop side / larger side of the landmarks' bounding box
 

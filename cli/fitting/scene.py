@@ -68,7 +68,7 @@ class FaceScene(nn.Module):
     skin mask), ``coverage [B,1,H,W]`` and the parameter groups. :meth:`landmarks` alone
     evaluates only the 68 landmark vertices; :meth:`dense_landmarks` the model's dense
     embedding (a detector's points, e.g. MediaPipe's 468) and :meth:`outline_landmarks` the 68
-    with the jaw on the visible outline (:mod:`cli.contour`), each from only the vertex rows
+    with the jaw on the visible outline (:mod:`cli.fitting.contour`), each from only the vertex rows
     it needs.
     """
 
