@@ -10,6 +10,8 @@ Contract:
   :class:`ModelFileError` naming the tensor. Loading never executes code from the file.
 - :class:`Parameters` holds the five groups (identity, expression, albedo, lighting,
   pose) with a batch dimension; flat-vector and safetensors round trips; prior sampling.
+- :class:`ModelMirror` maps a face's parameters to its left-right mirror image (vertex and
+  coefficient maps of a symmetric model), for flip augmentation and flip-averaged prediction.
 - :func:`save_mesh` writes OBJ/PLY with per-vertex colours; :func:`save_textured_mesh` a textured
   OBJ (+ MTL) or binary glTF from per-corner UVs (written with numpy: see :mod:`.mesh_io`).
 
@@ -18,6 +20,7 @@ Imports torch, numpy and safetensors only: never ``render``, ``losses`` or ``cli
 
 from .atomic import atomic_path
 from .mesh_io import MESH_FORMATS, TEXTURED_FORMATS, save_mesh, save_textured_mesh, split_seams
+from .mirror import ModelMirror
 from .model import MorphableModel
 from .parameters import (
     AMBIENT,
@@ -32,7 +35,7 @@ from .schema import NUM_LANDMARKS, ModelFileError, read_model_file, validate, wr
 
 __all__ = [
     "AMBIENT", "GROUPS", "MESH_FORMATS", "NUM_LANDMARKS", "NUM_SH", "POSE_SIZE", "TEXTURED_FORMATS",
-    "ModelFileError", "MorphableModel", "ParameterSizes", "Parameters",
+    "ModelFileError", "ModelMirror", "MorphableModel", "ParameterSizes", "Parameters",
     "atomic_path", "default_lighting", "read_model_file", "save_mesh", "save_textured_mesh",
     "split_seams",
     "validate", "write_model_file",

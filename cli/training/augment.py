@@ -7,8 +7,9 @@ grayscale, blur, noise and JPEG. Every random number comes from a generator seed
 augmentation whatever the number of processes, and a resumed run repeats it exactly.
 
 Ground-truth parameters stay valid for identity, expression and albedo under a similarity
-(the landmarks carry the pose); a flipped sample's are not (the model's coefficients have
-no mirror), so its ``has_params`` is cleared.
+(the landmarks carry the pose). A flipped sample shows the mirrored face: given the model's
+mirror (:class:`morphable.ModelMirror`), its parameters are mirrored with it and it keeps its
+supervision; without one its ``has_params`` is cleared.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import kornia
 import torch
+
+from morphable import ModelMirror
 
 from .loader import Batch
 
@@ -47,6 +50,7 @@ class AugmentConfig:
     blur_sigma: float = 1.5
     noise: float = 0.0  # maximum standard deviation of added Gaussian noise
     jpeg: float = 0.0  # probability of JPEG compression at a quality in [30, 90]
+    mirror_params: bool = True  # flipped samples keep their ground truth, mirrored (off: dropped)
 
 
 def _uniform(g: torch.Generator, n: int, half_width: float) -> torch.Tensor:
@@ -58,8 +62,11 @@ def _chance(g: torch.Generator, n: int, p: float) -> torch.Tensor:
 
 
 def augment(batch: Batch, config: AugmentConfig, seed: int, step: int, rows: slice | None = None,
-            global_size: int | None = None) -> Batch:
+            global_size: int | None = None, mirror: ModelMirror | None = None) -> Batch:
     """Augment ``batch`` (this process's ``rows`` of a global batch of ``global_size``).
+
+    ``mirror``: the model's :class:`~morphable.ModelMirror`; with it a flipped sample's ground-truth
+    parameters are mirrored instead of dropped.
 
     Random draws are made for all ``global_size`` samples and sliced, so that the result
     does not depend on how the global batch is split across processes.
@@ -95,11 +102,17 @@ def augment(batch: Batch, config: AugmentConfig, seed: int, step: int, rows: sli
 
     flip = d["flip"].to(device)
     if flip.any():
-        mirror = torch.tensor(MIRROR_68, device=device)
+        order = torch.tensor(MIRROR_68, device=device)
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        flipped = torch.stack([size - landmarks[..., 0], landmarks[..., 1]], -1)[:, mirror]
+        flipped = torch.stack([size - landmarks[..., 0], landmarks[..., 1]], -1)[:, order]
         landmarks = torch.where(flip[:, None, None], flipped, landmarks)
-        weights = torch.where(flip[:, None], weights[:, mirror], weights)
+        weights = torch.where(flip[:, None], weights[:, order], weights)
+    params, has_params = batch.params, batch.has_params
+    if flip.any() and params is not None:
+        if mirror is None:
+            has_params = has_params & ~flip
+        else:
+            params = {g: torch.where(flip[:, None], mirror.group(g, t, size), t) for g, t in params.items()}
 
     images = kornia.enhance.adjust_brightness(images, d["brightness"].to(device), clip_output=True)
     images = kornia.enhance.adjust_contrast(images, d["contrast"].exp().to(device), clip_output=True)
@@ -125,4 +138,4 @@ def augment(batch: Batch, config: AugmentConfig, seed: int, step: int, rows: sli
         compressed = kornia.enhance.jpeg_codec_differentiable(images[jpeg], d["quality"].to(device)[jpeg])
         images = images.clone()
         images[jpeg] = compressed.clamp(0, 1)
-    return Batch(images, landmarks, weights, batch.params, batch.has_params & ~flip)
+    return Batch(images, landmarks, weights, params, has_params)

@@ -33,7 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import losses
-from morphable import MorphableModel
+from morphable import ModelMirror, MorphableModel
 
 from ..defaults import load_model
 from ..errors import InputError
@@ -181,6 +181,8 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
     dataset = _check_datasets(config, model)
     train_ids, val_ids = split(dataset, config.val_fraction, config.val_max)
     stream = BatchStream(dataset, train_ids, config.batch_size, config.seed, d.rank, d.world, config.window)
+    # Flipped samples keep their ground truth, mirrored by the model's own mirror maps.
+    mirror = ModelMirror(model) if config.augment.flip > 0 and config.augment.mirror_params else None
     detail = config.render_detail
     if detail == "auto":
         detail = "coarse" if model.coarse_triangles is not None else "full"
@@ -238,7 +240,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
     with _StopRequest() as stop, log.progress(config.steps, step, enabled=progress and d.main) as bar:
         while step < last_step:
             batch = augment(stream.batch(step).to(d.device), config.augment, config.seed, step, rows,
-                            config.batch_size)
+                            config.batch_size, mirror)
             net.train()
             with autocast():
                 params = wrapped(batch.images)
