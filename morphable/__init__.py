@@ -11,7 +11,7 @@ Contract:
 - :class:`Parameters` holds the five groups (identity, expression, albedo, lighting,
   pose) with a batch dimension; flat-vector and safetensors round trips; prior sampling.
 - :class:`ModelMirror` maps a face's parameters to its left-right mirror image (vertex and
-  coefficient maps of a symmetric model), for flip augmentation and flip-averaged prediction.
+  coefficient maps of a symmetric model), e.g. for flip augmentation in training.
 - :func:`save_mesh` writes OBJ/PLY with per-vertex colours; :func:`save_textured_mesh` a textured
   OBJ (+ MTL) or binary glTF from per-corner UVs (written with numpy: see :mod:`.mesh_io`).
 

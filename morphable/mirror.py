@@ -25,23 +25,52 @@ import torch
 from .model import MorphableModel
 from .parameters import GROUPS, NUM_SH, Parameters
 
+# A model counts as symmetric (its mirror is used) when the mean shape's reflection lands within
+# this fraction of the mesh's size of its vertices and the shape bases close to within this residual.
+SYMMETRY_TOLERANCE = 0.01
+BASIS_TOLERANCE = 0.05
 SH_ODD_IN_X = (3, 4, 7)  # Y11 = x, Y2-2 = xy, Y21 = xz (render.shading's order)
 BASES = ("identity", "expression", "albedo")
+
+
+def mirror_vertices(vertices: torch.Tensor, window: float = 1e-3) -> torch.Tensor:
+    """``[N]``: for each vertex of ``vertices [N,3]``, the vertex nearest its mirror image (x -> -x).
+
+    Candidates are the vertices within ``window`` times the mesh's size in y, found by sorting
+    (a symmetric mesh has its mirror vertex there); a vertex with none there is searched among all.
+    """
+    window = window * float((vertices.max(0).values - vertices.min(0).values).norm())
+    mirrored = vertices * vertices.new_tensor([-1.0, 1.0, 1.0])
+    ys, order = vertices[:, 1].sort()
+    lo = torch.searchsorted(ys, mirrored[:, 1] - window)
+    hi = torch.searchsorted(ys, mirrored[:, 1] + window, right=True)
+    width = int((hi - lo).max().clamp_min(1))
+    candidates = (lo[:, None] + torch.arange(width)).clamp(max=len(ys) - 1)
+    distance = (vertices[order[candidates]] - mirrored[:, None]).norm(dim=-1)
+    distance[candidates >= hi[:, None]] = float("inf")
+    best = order[candidates.gather(1, distance.argmin(1, keepdim=True))[:, 0]]
+    lonely = (hi == lo).nonzero().squeeze(1)
+    if len(lonely):
+        best[lonely] = torch.cdist(mirrored[lonely], vertices).argmin(1)
+    return best
 
 
 class ModelMirror:
     """The mirror of one model: ``vertex_map [N]`` and coefficient maps ``[K,K]`` per basis.
 
-    ``ModelMirror(model)`` builds them (float64 least squares; about a second for 12k vertices and
-    150 components); :meth:`parameters` mirrors a batch of parameters.
+    ``ModelMirror(model)`` builds them (float64 least squares; 2-3 s for 12k vertices and 144
+    components on two cores); :meth:`parameters` mirrors a batch of parameters, :meth:`group` one
+    group. :attr:`symmetric` says whether the model is symmetric enough for the maps to mean anything.
     """
 
     def __init__(self, model: MorphableModel):
         mean = model.shape_mean.detach().double().cpu()
         flip = mean.new_tensor([-1.0, 1.0, 1.0])
-        distance, self.vertex_map = torch.cdist(mean * flip, mean).min(1)
-        # How symmetric the mean shape is: the largest reflection-to-vertex distance, in model units.
-        self.mean_asymmetry = float(distance.max())
+        self.vertex_map = mirror_vertices(mean)
+        # How symmetric the mean shape is: the largest reflection-to-vertex distance, as a fraction
+        # of the mesh's size (the diagonal of its bounding box).
+        size = float((mean.amax(0) - mean.amin(0)).norm())
+        self.mean_asymmetry = float((mean[self.vertex_map] - mean * flip).norm(dim=-1).max()) / size
         self.maps, self.residual = {}, {}
         for name, sign in (("identity", flip), ("expression", flip), ("albedo", torch.ones_like(flip))):
             basis = getattr(model, f"{name}_basis").detach().double().cpu()
@@ -57,6 +86,12 @@ class ModelMirror:
             self.maps[name] = solution.float()
             scale = mirrored.norm()
             self.residual[name] = float((flat @ solution - mirrored).norm() / scale) if scale > 0 else 0.0
+
+    @property
+    def symmetric(self) -> bool:
+        """The mean shape mirrors onto itself and the shape bases close under mirroring (the tolerances above)."""
+        return (self.mean_asymmetry <= SYMMETRY_TOLERANCE and self.residual["identity"] <= BASIS_TOLERANCE
+                and self.residual["expression"] <= BASIS_TOLERANCE)
 
     def group(self, name: str, values: torch.Tensor, width: float) -> torch.Tensor:
         """One mirrored parameter group ``[B,K]`` (``name`` in :data:`~morphable.GROUPS`); coefficients of

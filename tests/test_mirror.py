@@ -23,18 +23,31 @@ def test_maps_are_the_exact_permutation_on_a_basis_closed_under_mirroring():
     tensors, metadata = make_model_tensors(seed=3)
     metadata.pop("expression_names")  # the test builds its own 4 units
     flip, same = torch.tensor([-1.0, 1.0, 1.0]), torch.ones(3)
-    # Units 0 and 1 are each other's mirror image (like browDownLeft / browDownRight); unit 2 is
-    # symmetric (like jawOpen), unit 3 antisymmetric (like jawLeft - jawRight).
+    # Units 0 and 1 span a field b and its mirror image m(b) (like browDownLeft / browDownRight, but
+    # unit 1 = m(b) + b / 2, so that the map is not symmetric); unit 2 is symmetric (like jawOpen),
+    # unit 3 antisymmetric (like jawLeft - jawRight). mirror(u0) = m(b) = u1 - u0 / 2 and
+    # mirror(u1) = b + m(b) / 2 = 3/4 u0 + u1 / 2: the map's columns.
     for name, sign in (("identity_basis", flip), ("expression_basis", flip), ("albedo_basis", same)):
         b = tensors[name][..., :2]
         m = _mirrored_fields(tensors, b, sign)
-        tensors[name] = torch.stack([b[..., 0], m[..., 0], b[..., 1] + m[..., 1], b[..., 1] - m[..., 1]], -1)
+        tensors[name] = torch.stack([b[..., 0], m[..., 0] + b[..., 0] / 2, b[..., 1] + m[..., 1],
+                                     b[..., 1] - m[..., 1]], -1)
     mirror = ModelMirror(MorphableModel(tensors, metadata))
-    assert mirror.mean_asymmetry < 1e-3
-    expected = torch.tensor([[0.0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, -1]])
+    assert mirror.mean_asymmetry < 1e-5 and mirror.symmetric
+    expected = torch.tensor([[-0.5, 0.75, 0, 0], [1, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, -1]])
     for name in ("identity", "expression", "albedo"):
         torch.testing.assert_close(mirror.maps[name], expected, atol=1e-4, rtol=0)
         assert mirror.residual[name] < 1e-5
+    # Coefficients c of the face -> M c of its mirror image: u0 alone mirrors to -u0/2 + u1.
+    mirrored = mirror.group("identity", torch.tensor([[1.0, 0, 0, 0]]), 100.0)
+    torch.testing.assert_close(mirrored, torch.tensor([[-0.5, 1.0, 0, 0]]), atol=1e-4, rtol=0)
+
+
+def test_an_asymmetric_model_is_not_called_symmetric():
+    tensors, metadata = make_model_tensors(seed=3)  # random smooth bases: not closed under mirroring
+    assert not ModelMirror(MorphableModel(tensors, metadata)).symmetric
+    tensors["shape_mean"][:, 0] += 0.2 * tensors["shape_mean"][:, 1].clamp_min(0)  # the top leans to one side
+    assert ModelMirror(MorphableModel(tensors, metadata)).mean_asymmetry > 0.01
 
 
 def test_mirrored_parameters_render_the_flipped_image_and_landmarks():
@@ -42,7 +55,7 @@ def test_mirrored_parameters_render_the_flipped_image_and_landmarks():
     mirror = ModelMirror(model)
     # The default model is symmetric: its bases close under mirroring to within a few per cent.
     assert mirror.residual["identity"] < 0.02 and mirror.residual["expression"] < 0.03
-    assert mirror.residual["albedo"] < 0.06
+    assert mirror.residual["albedo"] < 0.06 and mirror.symmetric
     size = 96
     g = torch.Generator().manual_seed(0)
     sizes = model.parameter_sizes

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 import render
 from morphable import MorphableModel, Parameters
+from morphable.mirror import mirror_vertices
 
 from ..fitting.scene import rotation_matrix
 
@@ -116,28 +117,6 @@ def _table_future(model: MorphableModel, size: int, background: bool) -> Future:
                 cache[size] = Future()
                 cache[size].set_result(_make_table(model, size))
         return cache[size]
-
-
-def mirror_vertices(vertices: torch.Tensor, window: float = 1e-3) -> torch.Tensor:
-    """``[N]``: for each vertex of ``vertices [N,3]``, the vertex nearest its mirror image (x -> -x).
-
-    Candidates are the vertices within ``window`` times the mesh's size in y, found by sorting
-    (a symmetric mesh has its mirror vertex there); a vertex with none there is searched among all.
-    """
-    window = window * float((vertices.max(0).values - vertices.min(0).values).norm())
-    mirrored = vertices * vertices.new_tensor([-1.0, 1.0, 1.0])
-    ys, order = vertices[:, 1].sort()
-    lo = torch.searchsorted(ys, mirrored[:, 1] - window)
-    hi = torch.searchsorted(ys, mirrored[:, 1] + window, right=True)
-    width = int((hi - lo).max().clamp_min(1))
-    candidates = (lo[:, None] + torch.arange(width)).clamp(max=len(ys) - 1)
-    distance = (vertices[order[candidates]] - mirrored[:, None]).norm(dim=-1)
-    distance[candidates >= hi[:, None]] = float("inf")
-    best = order[candidates.gather(1, distance.argmin(1, keepdim=True))[:, 0]]
-    lonely = (hi == lo).nonzero().squeeze(1)
-    if len(lonely):
-        best[lonely] = torch.cdist(mirrored[lonely], vertices).argmin(1)
-    return best
 
 
 def _mirror_corner_uv(model: MorphableModel, mirror: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

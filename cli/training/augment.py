@@ -112,7 +112,9 @@ def augment(batch: Batch, config: AugmentConfig, seed: int, step: int, rows: sli
         if mirror is None:
             has_params = has_params & ~flip
         else:
-            params = {g: torch.where(flip[:, None], mirror.group(g, t, size), t) for g, t in params.items()}
+            # (The similarity above leaves pose and lighting ground truth stale, flipped or not: the
+            # losses use only identity, expression and albedo, which it does not change.)
+            params = {name: torch.where(flip[:, None], mirror.group(name, t, size), t) for name, t in params.items()}
 
     images = kornia.enhance.adjust_brightness(images, d["brightness"].to(device), clip_output=True)
     images = kornia.enhance.adjust_contrast(images, d["contrast"].exp().to(device), clip_output=True)

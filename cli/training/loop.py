@@ -181,8 +181,16 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
     dataset = _check_datasets(config, model)
     train_ids, val_ids = split(dataset, config.val_fraction, config.val_max)
     stream = BatchStream(dataset, train_ids, config.batch_size, config.seed, d.rank, d.world, config.window)
-    # Flipped samples keep their ground truth, mirrored by the model's own mirror maps.
+    # Flipped samples keep their ground truth, mirrored by the model's own mirror maps, when the
+    # model is symmetric enough for a mirror to exist; otherwise they are trained on landmarks only.
     mirror = ModelMirror(model) if config.augment.flip > 0 and config.augment.mirror_params else None
+    mirror_note = ""
+    if mirror is not None and not mirror.symmetric:
+        mirror_note = (f"model '{model.metadata.get('name')}' is not left-right symmetric (mean shape off by "
+                       f"{mirror.mean_asymmetry:.1%} of its size, basis residuals "
+                       f"{mirror.residual['identity']:.1%} / {mirror.residual['expression']:.1%}): flipped samples "
+                       "train on landmarks only")
+        mirror = None
     detail = config.render_detail
     if detail == "auto":
         detail = "coarse" if model.coarse_triangles is not None else "full"
@@ -220,6 +228,8 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
         log.note(f"{len(train_ids)} training / {len(val_ids)} validation samples from {len(config.datasets)} "
                  f"dataset(s); {config.backbone} at {config.resolution} px, batch {config.batch_size} over "
                  f"{d.world} process(es) on {d.device}, precision {config.precision}, render detail {detail}")
+        if mirror_note:
+            log.note(mirror_note)
 
     def checkpoint(at: int) -> Path:
         epoch, batch_index = stream.position(at)
