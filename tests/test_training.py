@@ -432,3 +432,13 @@ def test_predict_writes_a_fit_folder_without_a_loss_curve(tmp_path):
     folder = tmp_path / "astronaut"
     assert sorted(p.name for p in folder.iterdir()) == sorted(set(OUTPUT_FILES) - {"loss_curve.svg"})
     assert "No optimisation" in (folder / "report.html").read_text()
+
+
+def test_a_checkpoint_from_before_mirror_params_resumes_without_them():
+    from cli.training.config import from_dict, to_dict
+
+    current = to_dict(TrainConfig())
+    assert from_dict(current).augment.mirror_params  # today's default round-trips
+    old = current | {"augment": {k: v for k, v in current["augment"].items() if k != "mirror_params"}}
+    assert not from_dict(old).augment.mirror_params
+    assert "mirror_params" not in old["augment"]  # the saved dict itself is left alone

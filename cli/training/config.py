@@ -114,6 +114,11 @@ def to_dict(config: TrainConfig) -> dict:
 
 
 def from_dict(data: dict, where: str = "checkpoint") -> TrainConfig:
+    data = dict(data)
+    if isinstance(data.get("augment"), dict) and "mirror_params" not in data["augment"]:
+        # Saved before the option existed, when flipped samples always dropped their ground truth:
+        # a resumed run goes on as it began.
+        data["augment"] = data["augment"] | {"mirror_params": False}
     return _update(TrainConfig(), data, where)
 
 
