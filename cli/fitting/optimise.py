@@ -29,10 +29,10 @@ import losses
 import render
 from morphable import MorphableModel, Parameters
 
-from .crop import CROP_SCALE, Crop, crop_image, make_crop
-from .scene import FaceScene
 from .closed_form import closed_form_init
+from .crop import CROP_SCALE, Crop, crop_image, make_crop
 from .landmarks import LandmarkInput, LandmarkTerm, dense_usable
+from .scene import FaceScene
 from .stages import FitDiverged, StageReport, gauss_newton_stage, run_stage, solve_lighting
 
 __all__ = ["LANDMARK_SOURCES", "FitConfig", "FitDiverged", "FitResult", "StageReport", "fit"]

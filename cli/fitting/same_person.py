@@ -24,9 +24,9 @@ import render
 from morphable import MorphableModel, Parameters
 
 from .crop import Crop, crop_image, make_crop
-from .scene import FaceScene
 from .landmarks import FACING_FULL
 from .optimise import LANDMARK_SOURCES, FitConfig, _closed_form_start, _Variables, stage_losses
+from .scene import FaceScene
 from .stages import StageReport, newton_stage, run_stage
 
 POSE_GROUPS = ("rotation", "translation", "log_scale")

@@ -21,8 +21,8 @@ import torch
 import render
 from morphable import Parameters
 
-from .scene import FaceScene, rotation_matrix
 from .minimise import Adam, lbfgs
+from .scene import FaceScene, rotation_matrix
 
 
 class FitDiverged(RuntimeError):

@@ -31,11 +31,11 @@ import torch
 from ..defaults import load_model
 from ..errors import InputError
 from ..report.video import write_clip_outputs
-from .sample_data import sample_clip
 from ..video import FrameReader, VideoWriter
 from .clip import fit_clip
 from .optimise import FitConfig, fit
 from .same_person import fit_same_person
+from .sample_data import sample_clip
 from .tracking import TrackConfig, Tracker, jitter
 
 DENSE_NAME = "mediapipe-face-mesh-468"

@@ -31,11 +31,11 @@ import torch
 
 from morphable import MorphableModel, Parameters
 
-from .scene import FaceScene
 from .closed_form import solve_pose
 from .optimise import FitConfig
 from .same_person import (POSE_GROUPS, FrameTargets, LandmarkTargets, closed_form_starts, landmark_trust,
                           optimise_frames, pose_to_original, to_original)
+from .scene import FaceScene
 from .stages import solve_lighting
 
 

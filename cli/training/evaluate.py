@@ -17,9 +17,9 @@ import torch
 from losses import landmark_nme
 from morphable import MorphableModel
 
-from ..fitting.crop import crop_image, make_crop
 from ..detect import DEFAULT_DETECTOR, NoFaceFound, detect_landmarks
 from ..files import annotated_images, load_image
+from ..fitting.crop import crop_image, make_crop
 from ..fitting.scene import FaceScene
 from .network import ParameterRegressor
 

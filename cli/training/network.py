@@ -22,8 +22,8 @@ from torch import nn
 from morphable import MorphableModel, Parameters, ParameterSizes, default_lighting
 from morphable.schema import atomic_save_safetensors
 
-from ..fitting.crop import CROP_SCALE
 from ..errors import InputError
+from ..fitting.crop import CROP_SCALE
 
 FORMAT = "morph-regressor"
 FORMAT_VERSION = "1"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..fitting.crop import crop_image, make_crop
 from ..detect import detect_landmarks
 from ..errors import USER_ERRORS
 from ..files import load_image, read_landmarks
+from ..fitting.crop import crop_image, make_crop
 from .shards import Sample, ShardWriter
 
 DETECTOR_JAW_WEIGHT = 0.2

@@ -32,9 +32,9 @@ import torch
 from morphable import MorphableModel, Parameters
 from morphable.parameters import DEFAULT_SH_DC, NUM_SH
 
-from ..fitting.crop import CROP_SCALE, make_crop
 from ..errors import InputError
 from ..files import to_uint8, write_png, write_text
+from ..fitting.crop import CROP_SCALE, make_crop
 from ..fitting.scene import FaceScene, VertexRows
 from .backgrounds import Backgrounds
 from .shards import SHARD_SIZE, Sample, ShardWriter
