@@ -151,56 +151,6 @@ def test_symmetric_expressions_move_both_sides_and_keep_each_units_spread(face_m
     assert (ratio > 0.9).all() and (ratio < 1.25).all()
 
 
-def test_projected_ellipsoid_is_the_outline_of_its_projected_surface(face_model):
-    from cli.training.synth import projected_ellipsoid
-
-    scene = FaceScene(face_model, 128)
-    params = Parameters.neutral(face_model.parameter_sizes, 1)
-    params.pose[0, :3] = torch.tensor([0.3, -0.9, 0.2])  # pitched, turned and rolled
-    params.pose[0, 3:5] = torch.tensor([62.0, 66.0])
-    params.pose[0, 6] = 0.35
-    centre, radii = torch.tensor([5.0, 10.0, -20.0]), torch.tensor([78.0, 97.0, 60.0])  # inside the crop
-    # Dense surface samples, projected by the scene's own camera: the silhouette must be their outline.
-    u = torch.nn.functional.normalize(torch.randn(200_000, 3, generator=torch.Generator().manual_seed(0)), dim=1)
-    points = scene.project((centre + u * radii)[None], params)[0]
-    mask = projected_ellipsoid(128, params, centre, radii)[0]
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    for axis, pixels in ((0, xs), (1, ys)):  # extents agree to a pixel (pixel centres are at +0.5)
-        assert abs(float(pixels.min()) + 0.5 - float(points[:, axis].min())) < 1.0
-        assert abs(float(pixels.max()) + 0.5 - float(points[:, axis].max())) < 1.0
-    inner = scene.project((centre + 0.9 * u * radii)[None], params)[0].floor().long()  # a shell inside
-    assert bool(mask[inner[:, 1], inner[:, 0]].all())
-    # The projected area is that of the ellipse: pi * sqrt(det(A A^T)), to within the pixel border.
-    assert abs(float(mask.sum()) / float(torch.pi * _projected_area_factor(params, radii)) - 1) < 0.03
-
-
-def _projected_area_factor(params, radii):
-    from kornia.geometry.conversions import axis_angle_to_rotation_matrix
-
-    a = params.scale[0] * axis_angle_to_rotation_matrix(params.rotation)[0][:2] * radii
-    return torch.linalg.det(a @ a.T).sqrt()
-
-
-def test_head_proxy_follows_the_pose(face_model):
-    """The skull lies behind the face: turned to one side, the drawn head extends the other way."""
-    from cli.training.synth import SynthConfig, head_proxy, place_in_crop, sample_parameters
-
-    scene = FaceScene(face_model, 128)
-    landmarks = face_model.shape_mean[face_model.landmarks]
-    for yaw in (-60.0, 60.0):
-        params = sample_parameters(face_model, torch.Generator().manual_seed(1), SynthConfig())
-        params.identity.zero_(), params.expression.zero_()
-        params.pose[0, :3] = torch.tensor([0.0, yaw * torch.pi / 180, 0.0])
-        params = place_in_crop(face_model, params, 128)
-        image = head_proxy(torch.zeros(3, 128, 128), params, landmarks, torch.full((3,), 0.6),
-                           torch.ones(3, 128, 128), torch.Generator().manual_seed(2), bald=0.0)
-        face = scene.landmarks(params)[0]
-        centre = float(face[:, 0].mean())
-        nose = float(face[30, 0]) - centre
-        head = float(torch.nonzero(image.amax(0) > 0)[:, 1].float().mean()) + 0.5 - centre
-        assert abs(nose) > 5 and abs(head) > 5 and (nose > 0) != (head > 0), (yaw, nose, head)
-
-
 def test_dataset_reads_back_what_was_written(tmp_path):
     writer = ShardWriter(tmp_path / "d", 128, shard_size=3)
     images = torch.randint(0, 256, (7, 3, 128, 128), dtype=torch.uint8)

@@ -10,11 +10,9 @@ gives the same bytes, and an interrupted run continues where it stopped. Each fa
 - SH light: ambient with a random tint and strength, a random directional (band 1) term,
   a little band 2;
 - a background (procedural or photographic, :mod:`cli.training.backgrounds`) behind the
-  face, often with a head proxy in front of it: the model has no skull, hair, ears or neck,
-  so these are ellipsoids fixed to the head (sized from the face's own landmarks) and drawn
-  with the face's pose, so that a turned face shows the back of its head and an ear behind
-  it as a photo does (:func:`head_proxy`); optionally a random occluder (a patch of another
-  background) over part of the face.
+  face, often with a head-sized ellipse of a darkened texture just behind it (the model has
+  no hair, ears or neck: the face should not always meet the background at its edge);
+  optionally a random occluder (a patch of another background) over part of the face.
 
 The face is rendered directly in the frame of the crop :mod:`cli.fitting.crop` makes from its
 landmarks (the crop is a similarity, so the pose is mapped exactly), so synthetic crops
@@ -42,9 +40,6 @@ from .backgrounds import Backgrounds
 from .shards import SHARD_SIZE, Sample, ShardWriter
 
 BATCH = 16
-# Bumped when the same settings would render different images (2: the posed 3-D head proxy),
-# so that an interrupted dataset of an older morph is not continued with new pictures.
-SYNTH_VERSION = 2
 # ARKit pairs whose two sides are opposite movements, not one movement on both sides of the face
 # (the jaw or mouth shifted left or right; the eyes looking in or out is a squint, not a glance).
 OPPOSED_PAIRS = ("jaw", "mouth", "eyeLookIn", "eyeLookOut")
@@ -60,8 +55,7 @@ class SynthConfig:
     expression_kick: float = 3.0  # their maximum coefficient
     expression_symmetry: float = 0.0  # left/right units (names ending Left/Right) move together: correlation
     occluder: float = 0.2  # probability of an occluding patch
-    head: float = 0.8  # probability of a head proxy behind the face (skull or hair, ears, neck: not in the model)
-    bald: float = 0.25  # probability that the proxy's skull is skin rather than hair
+    head: float = 0.6  # probability of a head-sized backdrop (hair, neck, ears are not in the model)
 
 
 def sample_parameters(model: MorphableModel, g: torch.Generator, config: SynthConfig) -> Parameters:
@@ -154,14 +148,13 @@ def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, reso
     """
     config = config or SynthConfig()
     backgrounds = backgrounds or Backgrounds(resolution, "procedural")
-    settings = {"command": "synth", "version": SYNTH_VERSION, "seed": seed, "resolution": resolution, "backgrounds": backgrounds.describe(),
+    settings = {"command": "synth", "seed": seed, "resolution": resolution, "backgrounds": backgrounds.describe(),
                 **{k: getattr(config, k) for k in config.__dataclass_fields__}}
     writer = ShardWriter(out, resolution, generator=settings, model={
         "name": model.metadata.get("name", ""), "sizes": list(model.parameter_sizes)}, shard_size=shard_size)
     if writer.index["generator"] != settings:
         raise InputError(f"{out}: already holds a dataset made with other settings ({writer.index['generator']})")
     scene = FaceScene(model, resolution)
-    landmark_rows = VertexRows(model, model.landmarks)
     todo = [i for i in range(count) if f"synth:{seed}:{i}" not in writer.done]
     made = 0
     for first in range(0, len(todo), BATCH):
@@ -172,14 +165,11 @@ def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, reso
                              ("identity", "expression", "albedo", "lighting", "pose")))
         with torch.no_grad():
             rendered = scene(batch)
-            landmarks3d = landmark_rows.shape(batch.identity, batch.expression)
         for k, (i, g) in enumerate(zip(chunk, gens)):
             background = backgrounds.draw(g)
-            coverage = rendered["coverage"][k]
             if torch.rand(1, generator=g).item() < config.head:
-                skin = (rendered["image"][k] * coverage).sum((1, 2)) / coverage.sum().clamp_min(1)
-                background = head_proxy(background, params[k], landmarks3d[k], skin, backgrounds.draw(g), g,
-                                        config.bald)
+                background = _head_backdrop(background, rendered["landmarks"][k], backgrounds.draw(g), g)
+            coverage = rendered["coverage"][k]
             image = rendered["image"][k].clamp(0, 1) + (1 - coverage) * background
             if torch.rand(1, generator=g).item() < config.occluder:
                 image = _occlude(image, rendered["landmarks"][k], backgrounds.draw(g), g)
@@ -199,74 +189,23 @@ def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, reso
 
 def _ellipse(size: int, centre: torch.Tensor, radii: torch.Tensor, angle: float) -> torch.Tensor:
     """``[1,S,S]`` 1 inside the ellipse, 0 outside (pixel centres)."""
-    c, s = math.cos(angle), math.sin(angle)
-    axes = torch.tensor([[c, s], [-s, c]])
-    return _inside_conic(size, centre, axes.T @ torch.diag(1 / radii ** 2) @ axes)
-
-
-def _inside_conic(size: int, centre: torch.Tensor, conic: torch.Tensor) -> torch.Tensor:
-    """``[1,S,S]`` 1 where ``d^T conic d <= 1`` for ``d`` = pixel centre - ``centre [2]``, ``conic [2,2]``."""
     ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    d = torch.stack([xs - centre[0], ys - centre[1]], -1)
-    return ((d @ conic * d).sum(-1) <= 1).to(torch.float32)[None]
+    dx, dy = xs - centre[0], ys - centre[1]
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    return ((u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 1).to(torch.float32)[None]
 
 
-def projected_ellipsoid(size: int, params: Parameters, centre: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
-    """``[1,S,S]`` the silhouette of an axis-aligned ellipsoid of the model's frame (``centre``,
-    ``radii [3]``, model units) seen by the crop's scaled-orthographic camera (``params``, batch 1).
-
-    The orthographic image of ``{c + R diag(r) u : |u| <= 1}`` is the ellipse with centre
-    ``P R c + t`` and shape ``A A^T``, ``A = P R diag(r)`` (``P``: scale, y flipped).
-    """
-    rotation = kornia.geometry.conversions.axis_angle_to_rotation_matrix(params.rotation)[0]
-    project = params.scale[0] * torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]) @ rotation
-    a = project * radii
-    return _inside_conic(size, project @ centre + params.translation[0, :2], torch.linalg.inv(a @ a.T))
-
-
-def head_proxy(background: torch.Tensor, params: Parameters, landmarks: torch.Tensor, skin: torch.Tensor,
-               texture: torch.Tensor, g: torch.Generator, bald: float = 0.25) -> torch.Tensor:
-    """``background [3,S,S]`` with a skull (hair-textured or skin), two ears and a neck drawn on it.
-
-    The parts are ellipsoids in the model's frame, placed and sized from the face's own landmarks
-    ``[68,3]`` (model units, before the pose: the ends of the jaw line, points 0 and 16, mark the
-    sides of the head at the temples), drawn with the face's pose ``params`` (batch 1, crop frame)
-    back to front: neck, skull, the ears that face the camera. ``skin [3]``: the rendered face's
-    mean colour; ``texture [3,S,S]``: the hair.
-    """
-    size = background.shape[-1]
-    left, right = landmarks[0], landmarks[16]
-    anchor = 0.5 * (left + right)
-    half_width = 0.5 * float((right - left).norm())
-    scale = half_width * (1 + 0.08 * torch.randn(3, generator=g)).clamp(0.8, 1.2)
-    up, back = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, -1.0])
-
-    def shaded(colour: torch.Tensor) -> torch.Tensor:  # a flat colour with a soft random gradient
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-        direction = torch.nn.functional.normalize(torch.randn(2, generator=g), dim=0)
-        light = 0.85 + 0.15 * (direction[0] * xs + direction[1] * ys)
-        return (colour[:, None, None] * light).clamp(0, 1)
-
-    image = background
-    neck = projected_ellipsoid(size, params, anchor + half_width * (-2.1 * up + 0.15 * back),
-                               scale * torch.tensor([0.72, 1.3, 0.72]))
-    image = image * (1 - neck) + shaded(skin * (0.65 + 0.25 * torch.rand(1, generator=g))) * neck
-    skull = projected_ellipsoid(size, params, anchor + half_width * (0.25 * up + 0.35 * back),
-                                scale * torch.tensor([1.08, 1.35, 1.35]) * (1 + 0.15 * torch.rand(1, generator=g)))
-    if torch.rand(1, generator=g).item() < bald:
-        hair = shaded(skin * (0.75 + 0.25 * torch.rand(1, generator=g)))
-    else:
-        tint = torch.rand(3, 1, 1, generator=g) * 0.5 + 0.5
-        hair = (texture * (0.15 + 0.6 * torch.rand(1, generator=g)) * tint).clamp(0, 1)
-    image = image * (1 - skull) + hair * skull
-    rotation = kornia.geometry.conversions.axis_angle_to_rotation_matrix(params.rotation)[0]
-    for side, temple in ((-1.0, left), (1.0, right)):
-        if float(rotation[2, 0]) * side < -0.3:  # this ear's side faces away: the skull hides it
-            continue
-        ear = projected_ellipsoid(size, params, temple + half_width * torch.tensor([0.08 * side, -0.18, -0.35]),
-                                  half_width * torch.tensor([0.12, 0.45, 0.25]))
-        image = image * (1 - ear) + shaded(skin * (0.8 + 0.15 * torch.rand(1, generator=g))) * ear
-    return image
+def _head_backdrop(background: torch.Tensor, landmarks: torch.Tensor, texture: torch.Tensor,
+                   g: torch.Generator) -> torch.Tensor:
+    """An ellipse a little larger than the face, of a darkened texture (hair, ears, neck), behind it."""
+    lo, hi = landmarks.amin(0), landmarks.amax(0)
+    centre = 0.5 * (lo + hi) + (hi - lo) * torch.tensor([0.0, -0.15]) + 3 * torch.randn(2, generator=g)
+    radii = 0.5 * (hi - lo) * (1.25 + 0.35 * torch.rand(2, generator=g))
+    shade = 0.15 + 0.6 * torch.rand(1, generator=g)
+    tint = torch.rand(3, 1, 1, generator=g) * 0.5 + 0.5
+    inside = _ellipse(background.shape[-1], centre, radii, 0.3 * (torch.rand(1, generator=g).item() - 0.5))
+    return background * (1 - inside) + (texture * shade * tint).clamp(0, 1) * inside
 
 
 def _occlude(image: torch.Tensor, landmarks: torch.Tensor, patch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
