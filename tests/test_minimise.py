@@ -156,3 +156,26 @@ def test_adam_warms_up_then_decays():
         rates.append(adam.rate(1.0))
     assert rates[:4] == pytest.approx([c / 5 * (1 + math.cos(math.pi * (c - 1) / 20)) / 2 for c in range(1, 5)])
     assert rates[4] == pytest.approx((1 + math.cos(math.pi * 4 / 20)) / 2) and rates[-1] < 0.01
+
+
+@pytest.mark.parametrize("patience, stops_after", [(1, 40), (2, 80)])
+def test_photometric_early_stop_waits_out_a_transient_flat_window(patience, stops_after):
+    """Window means 10, 9, 8, 8 (flat: a refresh bump), 7, 6.9, 6.9, 6.9: one flat window ends the
+    stage with patience 1; with patience 2 only the two flat windows in a row at the end do."""
+    from types import SimpleNamespace
+
+    from cli.fitting.stages import run_stage
+
+    means = [10.0, 9.0, 8.0, 8.0, 7.0, 6.9, 6.9, 6.9, 6.8]
+    variables = torch.nn.Module()
+    variables.x = torch.nn.Parameter(torch.zeros(1))
+    calls = []
+
+    def loss_fn():
+        calls.append(1)
+        return means[min(len(calls) - 1, 89) // 10] + 0 * variables.x.sum(), {}
+
+    config = SimpleNamespace(lr={"x": 0.1})
+    report = run_stage("photometric", 90, variables, ["x"], loss_fn, config, tolerance=5e-3, window=10,
+                       patience=patience)
+    assert report.iterations == stops_after

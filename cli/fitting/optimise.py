@@ -87,10 +87,16 @@ class FitConfig:
     landmark_rounds: int = 3
     refresh_every: int = 10
     # The photometric stage stops early when the mean loss of its last ``window`` steps is
-    # less than ``tolerance`` (relative) below the mean of the ``window`` before (0: never):
-    # an easy photo, or a good start, takes fewer steps.
-    photometric_tolerance: float = 2e-3
+    # less than ``tolerance`` (relative) below the mean of the ``window`` before, ``patience``
+    # windows in a row (tolerance 0: never): an easy photo, or a good start, takes fewer steps.
+    # One flat window is no sign: the contour and robust weights are refreshed every
+    # refresh_every steps and can bump the loss for a window, and a single window under 0.2 %
+    # (the former rule) stopped on such bumps or not depending on float rounding (the
+    # astronaut: 80 or 140 steps). Two windows under 1 %: the same landmark accuracy on the
+    # evaluation photos (AFLW-16 4.509 % vs 4.507 %) in 75 steps on average instead of 91.
+    photometric_tolerance: float = 1e-2
     photometric_window: int = 10
+    photometric_patience: int = 2
     # Adam's rates rise from 0 over the first steps: from the landmark stage's accurate start,
     # full-size first steps (Adam moves every coefficient by about its rate) knocked the shape
     # off and the early stop could end the stage before it came back (a rendered face: 0.60 px
@@ -326,7 +332,8 @@ def _fit(image, landmarks, model, config, device, backend, progress, landmark_so
                                 ["rotation", "translation", "log_scale", "identity", "expression", "albedo",
                                  "lighting"], stage2, config, progress, refresh=refresh,
                                 refresh_every=config.refresh_every, tolerance=config.photometric_tolerance,
-                                window=config.photometric_window, warmup=config.photometric_warmup))
+                                window=config.photometric_window, warmup=config.photometric_warmup,
+                                patience=config.photometric_patience))
     with torch.no_grad():
         final_params = variables.current()
         final = scene(final_params)

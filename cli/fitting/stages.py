@@ -45,7 +45,7 @@ def check_finite(loss: torch.Tensor, variables: torch.nn.Module, stage: str, ste
 
 
 def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, method="adam", rounds=1,
-              refresh=None, refresh_every=0, tolerance=0.0, window=10, warmup=0):
+              refresh=None, refresh_every=0, tolerance=0.0, window=10, warmup=0, patience=1):
     """Minimise ``loss_fn`` over ``groups`` of ``variables``.
 
     ``"lbfgs"`` (strong-Wolfe line search) suits the small, smooth landmark problem and
@@ -55,8 +55,8 @@ def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, me
     ``rounds`` L-BFGS runs sharing the ``steps`` (a fresh optimiser each, as the objective
     changed), or every ``refresh_every`` Adam steps.
     ``tolerance`` (Adam): stop once the mean loss of the last ``window`` steps is less than
-    this fraction below the mean of the ``window`` steps before (not within the ``warmup``
-    steps, over which Adam's rates rise from 0).
+    this fraction below the mean of the ``window`` steps before, ``patience`` windows in a row
+    (not within the ``warmup`` steps, over which Adam's rates rise from 0).
     """
     history, term_history = [], {}
     start = time.perf_counter()
@@ -87,6 +87,7 @@ def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, me
             lbfgs(params, closure, budget)
     else:
         optimiser = Adam(params, [config.lr[g] for g in groups], steps=max(steps, 1), warmup=warmup)
+        flat = 0  # windows in a row that improved by less than the tolerance
         for step in range(steps):
             if refresh and refresh_every and step % refresh_every == 0:
                 refresh()
@@ -94,7 +95,8 @@ def run_stage(name, steps, variables, groups, loss_fn, config, progress=None, me
             optimiser.step()
             if tolerance > 0 and len(history) >= optimiser.warmup + 2 * window and len(history) % window == 0:
                 before, last = sum(history[-2 * window:-window]), sum(history[-window:])
-                if before - last < tolerance * abs(before):
+                flat = flat + 1 if before - last < tolerance * abs(before) else 0
+                if flat >= patience:
                     break
     if refresh:
         refresh()
