@@ -1,6 +1,7 @@
 """Fitting: the closed-form pose, the crop, a synthetic round trip, the CLI on real and bad input."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -77,6 +78,22 @@ def test_crop_maps_points_and_pixels_consistently():
     centroid = torch.stack([(cols * out).sum(), (rows * out).sum()]) / out.sum() + 0.5  # continuous (x, y)
     torch.testing.assert_close(centroid, expected, atol=0.01, rtol=0)
     torch.testing.assert_close(crop.to_original(crop.to_crop(torch.tensor([[3.0, 4.0]]))), torch.tensor([[3.0, 4.0]]))
+
+
+@pytest.mark.parametrize("origin", [(130.0, 95.5), (-40.0, 250.0), (900.0, 900.0)],
+                         ids=["inside", "across-the-border", "outside"])
+def test_downscaled_crop_blurs_only_what_it_reads(origin):
+    """The crop blurs a window of the photo around what it samples: the same pixels as blurring
+    the whole photo first (inside, across its border, and wholly outside it)."""
+    image = torch.rand(3, 300, 400, generator=torch.Generator().manual_seed(0))
+    crop = Crop(origin_x=origin[0], origin_y=origin[1], scale=0.3, size=48)
+    sigma = 0.5 / crop.scale
+    k = int(2 * math.ceil(2 * sigma) + 1)
+    whole = kornia.filters.gaussian_blur2d(image[None], (k, k), (sigma, sigma), border_type="replicate")
+    s = crop.scale
+    m = torch.tensor([[[s, 0.0, -s * crop.origin_x + 0.5 * s - 0.5], [0.0, s, -s * crop.origin_y + 0.5 * s - 0.5]]])
+    expected = kornia.geometry.transform.warp_affine(whole, m, (48, 48), padding_mode="border", align_corners=True)
+    torch.testing.assert_close(crop_image(image, crop), expected, atol=1e-5, rtol=0)
 
 
 def test_synthetic_round_trip(default_model):

@@ -75,13 +75,23 @@ def make_crop(landmarks: torch.Tensor, size: int, crop_scale: float = CROP_SCALE
 def crop_image(image: torch.Tensor, crop: Crop) -> torch.Tensor:
     """``[3,H,W]`` -> ``[1,3,S,S]``: the similarity ``crop`` applied with kornia (border replicated)."""
     s = crop.scale
-    # warp_affine maps pixel indices; with centres at index + 0.5 the offset gains 0.5 * (s - 1).
-    m = torch.tensor([[[s, 0.0, -s * crop.origin_x + 0.5 * s - 0.5],
-                       [0.0, s, -s * crop.origin_y + 0.5 * s - 0.5]]], dtype=image.dtype, device=image.device)
-    src = image[None]
+    src, origin_x, origin_y = image[None], crop.origin_x, crop.origin_y
     if s < 1:  # downscaling: blur first so the crop is not aliased
         sigma = 0.5 / s
         k = int(2 * math.ceil(2 * sigma) + 1)
+        # Only the part of the photo the crop reads, plus the blur's reach and a pixel for the
+        # bilinear lookup, is blurred: a face in a 12-megapixel photo otherwise blurs all of it.
+        # Inside the photo the result is the same; at its edges "replicate" pads the same pixels.
+        margin = k // 2 + 2
+        h, w = image.shape[-2:]
+        x0, y0 = max(0, math.floor(origin_x) - margin), max(0, math.floor(origin_y) - margin)
+        x1 = min(w, math.ceil(origin_x + crop.size / s) + margin)
+        y1 = min(h, math.ceil(origin_y + crop.size / s) + margin)
+        if x1 > x0 and y1 > y0:  # else the crop lies wholly outside the photo: keep it all (borders)
+            src, origin_x, origin_y = src[..., y0:y1, x0:x1], origin_x - x0, origin_y - y0
         src = kornia.filters.gaussian_blur2d(src, (k, k), (sigma, sigma), border_type="replicate")
+    # warp_affine maps pixel indices; with centres at index + 0.5 the offset gains 0.5 * (s - 1).
+    m = torch.tensor([[[s, 0.0, -s * origin_x + 0.5 * s - 0.5],
+                       [0.0, s, -s * origin_y + 0.5 * s - 0.5]]], dtype=image.dtype, device=image.device)
     return kornia.geometry.transform.warp_affine(src, m, (crop.size, crop.size), padding_mode="border",
                                                  align_corners=True)
