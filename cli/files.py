@@ -48,7 +48,8 @@ def load_image(path: Path) -> torch.Tensor:
         array = np.repeat(array[..., :1], 3, axis=-1)
     array = array[..., :3]
     if np.issubdtype(array.dtype, np.integer):
-        scaled = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+        scaled = array.astype(np.float32)
+        scaled /= float(np.iinfo(array.dtype).max)  # in place: one photo-sized float buffer, not two
     elif np.issubdtype(array.dtype, np.floating):
         scaled = array.astype(np.float32)
         if not np.isfinite(scaled).all():
@@ -66,9 +67,10 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray, compress_level: int = 6) -> None:
+    """``image [H,W,C]`` uint8 as a PNG, atomically; ``compress_level`` is zlib's (0-9; Pillow's default 6)."""
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, image, extension=".png")
+        iio.imwrite(tmp, image, extension=".png", compress_level=compress_level)
 
 
 def read_landmarks(path: Path) -> torch.Tensor:

@@ -15,6 +15,7 @@ import trimesh
 import render
 from cli.fitting.crop import Crop
 from cli.fitting.optimise import FitResult, StageReport
+from cli.fitting.scene import rotation_matrix
 from cli.report import OUTPUT_FILES, bake, index_html, loss_curve_svg, render_view, texel_table, write_fit_outputs
 from cli.report.html import encode_image
 from cli.report.texture import harmonic_fill
@@ -73,6 +74,28 @@ def bake_photo(model, params, photo, size=TEXELS):
 
 def texel_values(image, table):
     return image.reshape(image.shape[0], -1)[:, table.texels].T
+
+
+@pytest.mark.parametrize("centre", [(210.0, 150.0), (12.0, 290.0), (-200.0, 150.0)],
+                         ids=["inside", "cut-by-the-corner", "outside"])
+def test_a_view_rasterises_only_the_face_window_with_the_whole_images_pixels(model, centre):
+    height, width = 300, 420
+    p = frontal(model, yaw=0.6)
+    p.pose[:, 3:5] = torch.tensor(centre)
+    view = render_view(model, p, Crop(0.0, 0.0, 1.0, SIZE), height, width)
+    with torch.no_grad():  # the whole image rasterised, as render_view did before it used a window
+        vertices, albedo = model(p.identity, p.expression, p.albedo)
+        whole = render.Renderer(model.triangles)(
+            vertices, albedo, p.lighting, render.OrthographicCamera((height, width)), rotation_matrix(p),
+            p.translation, p.scale, with_depth=True, attributes=model.face_mask.float()[None, :, None])
+    for name in ("image", "mask", "depth", "attributes"):
+        ours, theirs = getattr(view, name), getattr(whole, name)
+        assert ours.shape == theirs.shape
+        # Float rounding of shifted coordinates; depth is in model units (up to ~90 here).
+        assert (ours - theirs).abs().max() <= 1e-4 * max(1.0, float(theirs.abs().max())), name
+    # Antialiased silhouette pixels were compared too, and the face drew what it should.
+    assert ((whole.mask > 0.01) & (whole.mask < 0.99)).any() == (centre[0] > 0)
+    assert (whole.mask.sum() > 0) == (centre[0] > 0)
 
 
 def test_visible_texels_take_the_photo_and_the_albedo_divides_by_the_shading(model):

@@ -14,7 +14,7 @@ from morphable import MorphableModel, save_mesh, save_textured_mesh
 from ..files import atomic_directory, to_uint8, write_png
 from ..fitting.optimise import FitResult
 from .html import encode_image, report_html, viewer_mesh
-from .overlay import overlay, render_view
+from .overlay import overlay_uint8, render_view
 from .plot import loss_curve_svg
 from .texture import TEXTURE_SIZE, bake
 
@@ -23,6 +23,9 @@ from .texture import TEXTURE_SIZE, bake
 OUTPUT_FILES = ("params.safetensors", "mesh.ply", "mesh.obj", "mesh.mtl", "mesh.glb", "texture.png", "albedo.png",
                 "overlay.png", "landmarks.json", "report.json", "loss_curve.svg", "report.html")
 TEXTURE_JPEG_QUALITY = 92  # the report's and the GLB's copies of the textures
+# zlib level of overlay.png, a photo-sized PNG: level 1 encodes a 12 MP photo in 0.65 s instead of
+# 2.6 s (Pillow's default 6), for a file about 25 % larger; it was the last output to finish.
+OVERLAY_PNG_LEVEL = 1
 
 
 def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, image: torch.Tensor,
@@ -57,8 +60,8 @@ def write_fit_outputs(out_dir: Path, result: FitResult, model: MorphableModel, i
         h, w = image.shape[1:]
         view = render_view(model, p, result.crop, h, w)
         photo = to_uint8(image)
-        drawn = to_uint8(overlay(image, view.image[0].clamp(0, 1), (view.mask * view.attributes.clamp(0, 1))[0]))
-        later(write_png, tmp / "overlay.png", drawn)
+        drawn = overlay_uint8(photo, image, view)
+        later(write_png, tmp / "overlay.png", drawn, compress_level=OVERLAY_PNG_LEVEL)
         marks = {"convention": "pixels, x right, y down, origin at the top-left corner of the top-left pixel",
                  "fitted": result.fitted_landmarks.tolist(), "target": result.target_landmarks.tolist()}
         if getattr(result, "fitted_outline", None) is not None:  # both jaw conventions of the fitted 68

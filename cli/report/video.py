@@ -23,9 +23,8 @@ import render
 from morphable import MorphableModel, Parameters, atomic_path, save_mesh
 
 from ..files import atomic_directory, to_uint8, write_png
-from ..fitting.scene import rotation_matrix
 from ..video import VideoWriter
-from .overlay import overlay
+from .overlay import overlay, render_posed
 
 CLIP_FILES = ("identity.safetensors", "frames.safetensors", "overlay.mp4", "landmarks.json", "mesh.ply", "mesh.obj",
               "report.json")
@@ -44,16 +43,14 @@ class OverlayRenderer:
 
     def __init__(self, model: MorphableModel, height: int, width: int, backend: str | None = None):
         self.model = model.to("cpu")
-        self.camera = render.OrthographicCamera((height, width))
+        self.size = (height, width)
         self.renderer = render.Renderer(self.model.triangles, backend=backend)
         face = self.model.face_mask if self.model.face_mask is not None else torch.ones(self.model.num_vertices)
         self.face = face.float()[None, :, None]
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor, params: Parameters, opacity: torch.Tensor) -> torch.Tensor:
-        vertices, albedo = self.model(params.identity, params.expression, params.albedo)
-        out = self.renderer(vertices, albedo, params.lighting, self.camera, rotation_matrix(params),
-                            params.translation, params.scale, attributes=self.face)
+        out = render_posed(self.renderer, self.model, params, *self.size, attributes=self.face)
         coverage = out.mask * out.attributes.clamp(0, 1) * opacity[:, None, None, None]
         return overlay(frames, out.image.clamp(0, 1), coverage, opacity=1.0)
 
