@@ -168,7 +168,8 @@ def fit_command(
     frames.safetensors, overlay.mp4, landmarks.json, mesh.ply/.obj and report.json.
 
     Every face of a photo is fitted (--faces all): one face writes OUT/<stem>/, several write
-    OUT/<stem>/face_<k>/ (k = 0 for the largest). Each holds params.safetensors, mesh.obj
+    OUT/<stem>/face_<k>/ (k = 0 for the largest); inputs that share a stem write
+    OUT/<stem>_<extension>/ (face.jpg, face.png -> face_jpg, face_png). Each holds params.safetensors, mesh.obj
     (+ mesh.mtl, textured), mesh.glb, mesh.ply, texture.png, albedo.png, overlay.png,
     landmarks.json (fitted 68 points in both jaw conventions), report.json, loss_curve.svg and
     report.html (open it in a browser: photo, landmarks, 3D view, losses); with several images
@@ -189,7 +190,7 @@ def fit_command(
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from .defaults import load_model, start_network
-    from .files import collect_images
+    from .files import collect_images, output_names
     from .fitting import fit_faces
     from .fitting.pipeline import FACE_CHOICES
     from .fitting.landmarks import CONVENTIONS
@@ -217,7 +218,8 @@ def fit_command(
                       TimeElapsedColumn()) as bar:
         task = bar.add_task("fitting", total=len(paths) * per_face)
         done_steps = 0
-        for path in paths:
+        names = output_names(paths)  # OUT/<stem>/, unless two inputs share a stem
+        for path, name in zip(paths, names):
             bar.update(task, description=f"fitting {path.name}", completed=done_steps)
 
             def found(n, done=done_steps):  # n faces: this image's share of the bar grows to n fits
@@ -226,7 +228,7 @@ def fit_command(
             try:
                 outcomes = fit_faces(path, out, face_model, config, dev, landmarks, progress=lambda: bar.advance(task),
                                      network=start, detector=detector, threshold=threshold, faces=faces,
-                                     jaw=jaw, on_found=found)
+                                     jaw=jaw, on_found=found, name=name)
             except (*USER_ERRORS, FitDiverged) as exc:
                 failures.append(path)
                 results.append((path, one_line(exc)))
@@ -246,13 +248,13 @@ def fit_command(
             else:
                 seconds = sum(o.result.seconds for o in fitted)
                 typer.echo(f"{path}: {len(fitted)} of {len(outcomes)} faces fitted in {seconds:.1f} s -> "
-                           f"{out / path.stem}/face_<k>")
+                           f"{out / name}/face_0 .. face_{len(outcomes) - 1}")
     done = len(paths) - len(failures)
     if len(paths) > 1:
         from .report import write_index
 
         with reported_errors():
-            typer.echo(f"index of all images: {write_index(out, results)}")
+            typer.echo(f"index of all images: {write_index(out, results, names)}")
     if len(paths) > 1 or failures:
         typer.echo(f"{done} of {len(paths)} images fitted" + (f"; failed: {', '.join(map(str, failures))}"
                                                              if failures else ""))

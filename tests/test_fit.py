@@ -17,7 +17,7 @@ import losses
 import render
 from cli import app
 from cli.fitting.crop import Crop, crop_image
-from cli.files import load_image, read_landmarks
+from cli.files import load_image, output_names, read_landmarks
 from cli.fitting import FitConfig, FitDiverged, fit, solve_pose
 from cli.fitting.benchmark import synthetic_face
 from morphable import MorphableModel, Parameters
@@ -234,6 +234,29 @@ def test_one_failure_does_not_stop_the_rest(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["astronaut", "index.html"]
     index = (out / "index.html").read_text()
     assert 'href="astronaut/report.html"' in index and "no face found" in index and "1 of 2 images fitted" in index
+
+
+def test_output_folders_are_unique_when_inputs_share_a_stem():
+    names = output_names([Path("a/face.jpg"), Path("a/face.png"), Path("b/face.png"), Path("b/other.png"),
+                          Path("c/face_jpg.png")])
+    assert names == ["face_jpg_1", "face_png_1", "face_png_2", "other", "face_jpg_2"]
+    assert output_names([Path("x.png"), Path("x.png")]) == ["x_png_1", "x_png_2"]
+
+
+def test_two_photos_with_one_name_keep_both_fits(tmp_path):
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(ASTRONAUT, tmp_path / folder / "face.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["fit", str(tmp_path / "d1" / "face.png"), str(tmp_path / "d2" / "face.png"),
+                                 "-o", str(out)] + QUICK)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["face_png_1", "face_png_2", "index.html"]
+    for k, folder in ((1, "d1"), (2, "d2")):
+        assert json.loads((out / f"face_png_{k}" / "report.json").read_text())["source"] == str(tmp_path / folder /
+                                                                                                 "face.png")
+    index = (out / "index.html").read_text()
+    assert 'href="face_png_1/report.html"' in index and 'href="face_png_2/report.html"' in index
 
 
 @pytest.mark.skipif(not (SHARED_FACES / "image_0010.png").is_file(), reason="needs ../shared/data/faces")

@@ -137,9 +137,9 @@ class FaceOutcome:
 def fit_faces(image_path: Path, out_root: Path, model: MorphableModel, config: FitConfig, device: str = "cpu",
               landmarks_path: Path | None = None, progress=None, network=None, detector: str = DEFAULT_DETECTOR,
               threshold: float = DEFAULT_THRESHOLD, faces: str = "all", jaw: str = "outline",
-              on_found=None) -> list[FaceOutcome]:
+              on_found=None, name: str | None = None) -> list[FaceOutcome]:
     """Fit every face of one image (``faces="all"``) or the largest; write ``OUT/<stem>/`` or, for
-    several faces, ``OUT/<stem>/face_<k>/``.
+    several faces, ``OUT/<stem>/face_<k>/`` (``name`` instead of the stem: see :func:`cli.files.output_names`).
 
     ``on_found(n)`` is called once the faces are found. A face that fails (bad landmarks, a
     diverged fit) gets its error line and no folder; the others are written. Raises
@@ -150,7 +150,7 @@ def fit_faces(image_path: Path, out_root: Path, model: MorphableModel, config: F
     prepared = prepare_faces(image_path, landmarks_path, detector, threshold, faces, jaw)
     if on_found:
         on_found(len(prepared))
-    folder = out_root / image_path.stem
+    folder = out_root / (name or image_path.stem)
     if len(prepared) == 1:  # OUT/<stem>/, written atomically by write_outputs; a failure is the image's
         result = _fit_prepared(prepared[0], model, config, device, progress, network)
         write_outputs(image_path, out_root, model, prepared[0], result, out_dir=folder)

@@ -181,17 +181,18 @@ def index_html(entries: list[dict]) -> str:
 """
 
 
-def write_index(out_root: Path, results: list[tuple[Path, str | None]]) -> Path:
+def write_index(out_root: Path, results: list[tuple[Path, str | None]], names: list[str] | None = None) -> Path:
     """Write ``out_root/index.html`` for ``results``: (image path, error line or None) per image,
-    reading each fitted image's ``report.json`` and ``overlay.png`` from ``out_root/<stem>/``."""
+    reading each fitted image's ``report.json`` and ``overlay.png`` from ``out_root/<name>/``
+    (``names``: the output folders, in the order of ``results``; default the stems)."""
     import imageio.v3 as iio
 
     entries = []
-    for path, error in results:
-        folder = out_root / path.stem
+    for (path, error), name in zip(results, names or [path.stem for path, _ in results]):
+        folder = out_root / name
         entry = {"name": path.name, "link": None, "thumbnail": None, "report": None, "error": error}
         if error is None and (folder / "report.json").is_file():
-            entry["link"] = f"{path.stem}/report.html"
+            entry["link"] = f"{name}/report.html"
             entry["report"] = json.loads((folder / "report.json").read_text())
             if (folder / "overlay.png").is_file():
                 entry["thumbnail"] = encode_image(iio.imread(folder / "overlay.png")[..., :3], max_side=THUMBNAIL_SIDE)

@@ -184,7 +184,7 @@ def predict_command(
     import torch
 
     from ..defaults import load_model, load_network
-    from ..files import collect_images
+    from ..files import collect_images, output_names
     from ..fitting.pipeline import prepare, write_outputs
     from .predict import predict_result
 
@@ -199,17 +199,17 @@ def predict_command(
         face_model = load_model(model)
         net = load_network(network, face_model, dev)
     failures = []
-    for path in paths:
+    for path, name in zip(paths, output_names(paths)):
         try:
             prepared = prepare(path, landmarks, detector, threshold)
             with torch.no_grad():
                 result = predict_result(net, face_model, prepared.image, prepared.landmarks)
-            write_outputs(path, out, face_model, prepared, result)
+            write_outputs(path, out, face_model, prepared, result, out_dir=out / name)
         except USER_ERRORS as exc:
             failures.append(path)
             report(one_line(exc))
             continue
-        typer.echo(f"{path}: predicted in {1000 * result.seconds:.0f} ms -> {out / path.stem}")
+        typer.echo(f"{path}: predicted in {1000 * result.seconds:.0f} ms -> {out / name}")
     if len(paths) > 1 or failures:
         typer.echo(f"{len(paths) - len(failures)} of {len(paths)} photos done")
     if failures:
