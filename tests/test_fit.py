@@ -199,6 +199,10 @@ def _bad_inputs(tmp_path):
     points = np.random.default_rng(0).uniform(100, 300, (68, 2))
     points[5, 1] = np.nan
     np.save(nan, points)
+    elsewhere = tmp_path / "elsewhere.npy"  # a face's landmarks, 5000 px off the 512 px photo
+    np.save(elsewhere, np.random.default_rng(0).uniform(5100, 5300, (68, 2)))
+    point = tmp_path / "point.json"
+    point.write_text(json.dumps([[200.0, 200.0]] * 68))
     return {
         "missing file": ([str(tmp_path / "missing.png")], "no such file"),
         "not an image": ([str(text)], "cannot read the image"),
@@ -207,11 +211,14 @@ def _bad_inputs(tmp_path):
         "67 landmarks": ([str(ASTRONAUT), "-l", str(few)], "expected 68 landmarks"),
         "NaN landmarks": ([str(ASTRONAUT), "-l", str(nan)], "NaN"),
         "unknown landmark format": ([str(ASTRONAUT), "-l", str(text)], "unknown landmark format"),
+        "landmarks off the image": ([str(ASTRONAUT), "-l", str(elsewhere)], "elsewhere.npy: no landmark lies on"),
+        "landmarks on one point": ([str(ASTRONAUT), "-l", str(point)], "point.json: the landmarks span less"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "not an image", "no face", "tiny image", "67 landmarks",
-                                  "NaN landmarks", "unknown landmark format"])
+                                  "NaN landmarks", "unknown landmark format", "landmarks off the image",
+                                  "landmarks on one point"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case):
     if case == "no face":
         pytest.importorskip("dlib")

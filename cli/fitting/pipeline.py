@@ -76,7 +76,9 @@ def prepare_faces(image_path: Path, landmarks_path: Path | None = None, detector
     image = _read_image(image_path)
     start = time.perf_counter()
     if landmarks_path is not None:
-        return [Prepared(image, read_landmarks(landmarks_path), "annotation", 1, time.perf_counter() - start, jaw=jaw)]
+        points = read_landmarks(landmarks_path)
+        _check_on_image(points, image, landmarks_path)
+        return [Prepared(image, points, "annotation", 1, time.perf_counter() - start, jaw=jaw)]
     try:
         found = detect_faces(image, detector, threshold)
     except InputError as exc:
@@ -86,6 +88,19 @@ def prepare_faces(image_path: Path, landmarks_path: Path | None = None, detector
         raise NoFaceFound(f"{image_path}: no face found (detector {detector}, threshold {threshold:g})")
     chosen = found if faces == "all" else found[:1]
     return [_prepared(image, face, k, len(found), seconds, detector, threshold) for k, face in enumerate(chosen)]
+
+
+def _check_on_image(points: torch.Tensor, image: torch.Tensor, path: Path) -> None:
+    """Landmarks ``[68,2]`` from a file must be a face's on this image: some point on it, spanning a pixel.
+    (A face cut by the border is fine; points all off the image are another image's, or another convention's.)"""
+    h, w = image.shape[1:]
+    inside = (points[:, 0] >= 0) & (points[:, 0] <= w) & (points[:, 1] >= 0) & (points[:, 1] <= h)
+    low, high = points.amin(0).tolist(), points.amax(0).tolist()
+    if not inside.any():
+        raise InputError(f"{path}: no landmark lies on the {w}x{h} image (x {low[0]:.0f} to {high[0]:.0f}, "
+                         f"y {low[1]:.0f} to {high[1]:.0f}): are they this image's?")
+    if max(high[0] - low[0], high[1] - low[1]) < 1:
+        raise InputError(f"{path}: the landmarks span less than a pixel")
 
 
 def _prepared(image, face: Face, index: int, count: int, seconds: float, detector: str, threshold: float) -> Prepared:
