@@ -135,8 +135,8 @@ def fit_command(
                                         "video files).", show_default=False),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; each image gets OUT/<stem>/."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", "-l",
-                                             help="68 landmarks for a single image (.pts 1-based, .json, .npy) "
-                                                  "instead of detection."),
+                                             help="68 landmarks for a single image instead of detection: .pts "
+                                                  "(1-based), .json (68 [x, y], or {\"landmarks\": [...]}), .npy (68x2)."),
     jaw: str = typer.Option("outline", "--jaw", metavar="outline|3d", help="Where the jaw of a --landmarks file lies: outline (the "
                             "visible outline, as 300-W annotates) or 3d (fixed surface points, as AFLW2000-3D)."),
     detector: str = detector_option(),

@@ -26,13 +26,28 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 LANDMARK_SUFFIXES = {".pts", ".json", ".npy"}
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """An image file as a float tensor ``[3,H,W]`` in [0, 1].
+def _read_pixels(path: Path) -> np.ndarray:
+    """The pixels of an image file: through Pillow (EXIF orientation applied, CMYK as RGB), or
+    imageio's other readers for what Pillow cannot read (e.g. float RGB TIFF, with tifffile)."""
+    try:
+        with iio.imopen(path, "r", plugin="pillow") as file:
+            cmyk = file.metadata(exclude_applied=False).get("mode") == "CMYK"
+            return file.read(rotate=True, **({"mode": "RGB"} if cmyk else {}))
+    except FileNotFoundError:
+        raise
+    except Exception:  # not a Pillow format: the other readers, whose errors load_image reports
+        return iio.imread(path)
 
-    Grayscale is repeated to RGB, alpha is dropped, 8/16-bit integers and floats are scaled.
+
+def load_image(path: Path) -> torch.Tensor:
+    """An image file as a float tensor ``[3,H,W]`` in [0, 1], upright as photo viewers show it (its
+    EXIF orientation applied: phones store most photos turned and tag them).
+
+    Grayscale is repeated to RGB, alpha is dropped, CMYK is converted, 8/16-bit integers and floats
+    are scaled.
     """
     try:
-        array = iio.imread(path)
+        array = _read_pixels(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except Exception as exc:  # imageio raises many types for undecodable data
@@ -90,6 +105,10 @@ def read_landmarks(path: Path) -> torch.Tensor:
             points = _read_pts(path) - 0.5
         elif suffix == ".json":
             data = json.loads(path.read_text())
+            if isinstance(data, dict) and "landmarks" not in data:
+                raise InputError(f'{path}: a JSON object of landmarks needs a "landmarks" list of 68 [x, y]'
+                                 + (' (morph\'s landmarks.json holds "target", the points a fit started from, '
+                                    'and "fitted": copy one into "landmarks")' if "target" in data else ""))
             points = np.asarray(data["landmarks"] if isinstance(data, dict) else data, dtype=np.float64)
         else:
             points = np.load(path, allow_pickle=False)

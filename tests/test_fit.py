@@ -174,6 +174,30 @@ def test_fit_with_a_landmark_file_and_odd_image_formats(tmp_path):
     assert json.loads((tmp_path / "out2" / "gray" / "report.json").read_text())["landmarks_source"] == "annotation"
 
 
+@pytest.mark.parametrize("orientation,turns", [(3, 2), (6, 1), (8, -1)])
+def test_photos_are_read_upright_by_their_exif_orientation(tmp_path, orientation, turns):
+    from PIL import Image
+
+    upright = iio.imread(ASTRONAUT)[:, 56:456]  # 512 x 400: a turn shows in the shape
+    stored = np.ascontiguousarray(np.rot90(upright, turns))  # EXIF 6: the camera stored it turned 90 deg CCW
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
+    image = load_image(path)
+    assert image.shape == (3, 512, 400)
+    assert (image - torch.from_numpy(upright).permute(2, 0, 1) / 255).abs().mean() < 0.01  # JPEG's loss only
+
+
+def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "print.jpg"
+    Image.fromarray(iio.imread(ASTRONAUT)).convert("CMYK").save(path, quality=95)
+    assert iio.imread(path).shape[-1] == 4  # stored as C, M, Y, K
+    assert (load_image(path) - load_image(ASTRONAUT)).abs().mean() < 0.01
+
+
 def test_huge_image_is_downscaled_for_detection(tmp_path):
     pytest.importorskip("dlib")
     huge = tmp_path / "huge.jpg"
@@ -203,6 +227,8 @@ def _bad_inputs(tmp_path):
     np.save(elsewhere, np.random.default_rng(0).uniform(5100, 5300, (68, 2)))
     point = tmp_path / "point.json"
     point.write_text(json.dumps([[200.0, 200.0]] * 68))
+    output = tmp_path / "landmarks.json"  # the shape of morph's own output
+    output.write_text(json.dumps({"target": [[200.0, 200.0]] * 68, "fitted": [[200.0, 200.0]] * 68}))
     return {
         "missing file": ([str(tmp_path / "missing.png")], "no such file"),
         "not an image": ([str(text)], "cannot read the image"),
@@ -213,12 +239,13 @@ def _bad_inputs(tmp_path):
         "unknown landmark format": ([str(ASTRONAUT), "-l", str(text)], "unknown landmark format"),
         "landmarks off the image": ([str(ASTRONAUT), "-l", str(elsewhere)], "elsewhere.npy: no landmark lies on"),
         "landmarks on one point": ([str(ASTRONAUT), "-l", str(point)], "point.json: the landmarks span less"),
+        "morph's landmarks.json": ([str(ASTRONAUT), "-l", str(output)], 'copy one into "landmarks"'),
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "not an image", "no face", "tiny image", "67 landmarks",
                                   "NaN landmarks", "unknown landmark format", "landmarks off the image",
-                                  "landmarks on one point"])
+                                  "landmarks on one point", "morph's landmarks.json"])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case):
     if case == "no face":
         pytest.importorskip("dlib")
