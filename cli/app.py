@@ -11,9 +11,10 @@ import typer
 
 from morphable import MESH_FORMATS, MorphableModel, Parameters, save_mesh
 
-from .errors import USER_ERRORS, InputError, fail, one_line, report, reported_errors
+from .errors import USER_ERRORS, InputError, one_line, report, reported_errors
 from .fitting import FitConfig, FitDiverged
-from .options import check_detector, detector_option, device_option, model_option, resolve_device, threshold_option
+from .options import (check_detector, check_out_folder, detector_option, device_option, model_option,
+                      resolve_device, threshold_option)
 from .progress import progress_bar, progress_track
 from .training.commands import register as register_training_commands
 
@@ -198,6 +199,7 @@ def fit_command(
     with reported_errors():
         dev = resolve_device(device)
         check_detector(detector)
+        check_out_folder(out)
         if faces not in FACE_CHOICES:
             raise InputError(f"--faces {faces!r}: use one of {', '.join(FACE_CHOICES)}")
         if jaw not in CONVENTIONS:
@@ -290,7 +292,7 @@ def eval_command(
     Example: morph eval ../shared/data/faces --json eval.json
     """
     from .defaults import load_model, start_network
-    from .files import write_json
+    from .files import collect_images, write_json
     from .fitting import evaluate
 
     with reported_errors():
@@ -298,6 +300,8 @@ def eval_command(
         check_detector(detector)
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder")
+        if not any(path.with_suffix(".pts").is_file() for path in collect_images([folder])):
+            raise InputError(f"{folder}: no images with .pts landmarks")
         face_model = load_model(model)
         start = start_network(init, network, face_model, dev)
     config = _config(resolution, steps, landmark_steps)
@@ -318,8 +322,6 @@ def eval_command(
 
     with reported_errors():
         results = evaluate(folder, face_model, config, dev, on_image=show, detector=detector, network=start)
-    if not results["images"]:
-        raise fail(f"{folder}: no images with .pts landmarks")
     if results["mean"]:
         typer.echo(line(f"mean ({results['evaluated']})", results["mean"]))
     typer.echo(f"{results['evaluated']} evaluated, {results['failed']} without a detected face (detector {detector})")

@@ -32,7 +32,7 @@ def _read_pixels(path: Path) -> np.ndarray:
     try:
         with iio.imopen(path, "r", plugin="pillow") as file:
             cmyk = file.metadata(exclude_applied=False).get("mode") == "CMYK"
-            return file.read(rotate=True, **({"mode": "RGB"} if cmyk else {}))
+            return file.read(index=0, rotate=True, **({"mode": "RGB"} if cmyk else {}))  # a still GIF's one frame
     except FileNotFoundError:
         raise
     except Exception:  # not a Pillow format: the other readers, whose errors load_image reports

@@ -43,6 +43,12 @@ def threshold_option():
                         help="Minimum detection score for a face (MediaPipe; dlib uses its own).")
 
 
+def check_out_folder(out) -> None:
+    """``--out`` names a folder: one line if a file is in the way (instead of each image's "File exists")."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: a file is there; --out names the output folder")
+
+
 def check_detector(detector: str) -> str:
     from .detect import DETECTORS
 

@@ -34,7 +34,14 @@ PLUGIN = "FFMPEG"
 
 
 def is_video(path: Path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+    """A video file by its suffix; a GIF only when it has more than one frame (a still GIF is a photo)."""
+    path = Path(path)
+    if path.suffix.lower() == ".gif" and path.is_file():
+        try:
+            return iio.improps(path, plugin="pillow").n_images > 1
+        except Exception:  # unreadable: the video reader says so in its own words
+            return True
+    return path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def _even(x: float) -> int:

@@ -198,6 +198,17 @@ def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
     assert (load_image(path) - load_image(ASTRONAUT)).abs().mean() < 0.01
 
 
+def test_a_still_gif_is_a_photo_and_an_animated_one_a_video(tmp_path):
+    from cli.video import is_video
+
+    astronaut = iio.imread(ASTRONAUT)
+    still, animated = tmp_path / "still.gif", tmp_path / "animated.gif"
+    iio.imwrite(still, astronaut)
+    iio.imwrite(animated, np.stack([astronaut, astronaut[::-1]]), loop=0)
+    assert not is_video(still) and is_video(animated) and is_video(tmp_path / "clip.mp4")
+    assert (load_image(still) - load_image(ASTRONAUT)).abs().mean() < 0.03  # GIF's 256-colour palette
+
+
 def test_huge_image_is_downscaled_for_detection(tmp_path):
     pytest.importorskip("dlib")
     huge = tmp_path / "huge.jpg"
@@ -254,6 +265,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case):
     result = runner.invoke(app, ["fit", *args, "-o", str(out)] + QUICK)
     _one_line_error(result, words)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_out_must_be_a_folder_and_eval_needs_annotations(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for command in ("fit", "predict"):
+        _one_line_error(runner.invoke(app, [command, str(ASTRONAUT), "-o", str(taken)]), "a file is there")
+    _one_line_error(runner.invoke(app, ["eval", str(tmp_path)]), "no images with .pts landmarks")
 
 
 def test_one_failure_does_not_stop_the_rest(tmp_path):

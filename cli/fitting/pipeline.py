@@ -84,10 +84,12 @@ def prepare_faces(image_path: Path, landmarks_path: Path | None = None, detector
     except InputError as exc:
         raise InputError(f"{image_path}: {exc}") from None
     seconds = time.perf_counter() - start
+    applied = None if detector == "dlib" else threshold  # dlib's detector keeps its own threshold
     if not found:
-        raise NoFaceFound(f"{image_path}: no face found (detector {detector}, threshold {threshold:g})")
+        raise NoFaceFound(f"{image_path}: no face found (detector {detector}"
+                          + (f", threshold {applied:g})" if applied is not None else ")"))
     chosen = found if faces == "all" else found[:1]
-    return [_prepared(image, face, k, len(found), seconds, detector, threshold) for k, face in enumerate(chosen)]
+    return [_prepared(image, face, k, len(found), seconds, detector, applied) for k, face in enumerate(chosen)]
 
 
 def _check_on_image(points: torch.Tensor, image: torch.Tensor, path: Path) -> None:
@@ -103,7 +105,8 @@ def _check_on_image(points: torch.Tensor, image: torch.Tensor, path: Path) -> No
         raise InputError(f"{path}: the landmarks span less than a pixel")
 
 
-def _prepared(image, face: Face, index: int, count: int, seconds: float, detector: str, threshold: float) -> Prepared:
+def _prepared(image, face: Face, index: int, count: int, seconds: float, detector: str,
+              threshold: float | None) -> Prepared:
     return Prepared(image, face.landmarks68, "detector", count, seconds, detector, face.dense, index, face.score,
                     [round(float(v), 2) for v in face.box], DETECTOR_JAW.get(detector, "outline"), threshold)
 

@@ -11,7 +11,8 @@ from typing import Optional
 import typer
 
 from ..errors import USER_ERRORS, InputError, fail, one_line, report, reported_errors
-from ..options import check_detector, detector_option, device_option, model_option, resolve_device, threshold_option
+from ..options import (check_detector, check_out_folder, detector_option, device_option, model_option,
+                       resolve_device, threshold_option)
 
 
 def prepare_command(
@@ -196,6 +197,7 @@ def predict_command(
         if landmarks is not None and len(paths) != 1:
             raise InputError(f"--landmarks goes with exactly one photo, got {len(paths)}")
         check_detector(detector)
+        check_out_folder(out)
         face_model = load_model(model)
         net = load_network(network, face_model, dev)
     failures = []
