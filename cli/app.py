@@ -132,7 +132,7 @@ LandmarkStepsOption = typer.Option(FitConfig.landmark_steps, "--landmark-steps",
 
 @app.command("fit")
 def fit_command(
-    images: list[Path] = typer.Argument(..., metavar="IMAGES...", help="Image files and/or folders of images (or "
+    images: list[Path] = typer.Argument(..., metavar="IMAGES", help="Image files and/or folders of images (or "
                                         "video files).", show_default=False),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; each image gets OUT/<stem>/."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", "-l",
@@ -164,7 +164,7 @@ def fit_command(
 ) -> None:
     """Fit the face model to photos: params, textured meshes, textures, overlay, landmarks, report.
 
-    Video files (.mp4 .mov .avi .webm .gif .mkv .m4v) and --video folders are tracked: one
+    Video files (.mp4 .mov .avi .webm .mkv .m4v, animated .gif) and --video folders are tracked: one
     identity, per-frame expression, pose and light -> OUT/<clip>/ with identity.safetensors,
     frames.safetensors, overlay.mp4, landmarks.json, mesh.ply/.obj and report.json.
 

@@ -16,7 +16,7 @@ from ..options import (check_detector, check_out_folder, detector_option, device
 
 
 def prepare_command(
-    photos: list[Path] = typer.Argument(..., metavar="PHOTOS...", help="Photos and/or folders of photos.",
+    photos: list[Path] = typer.Argument(..., metavar="PHOTOS", help="Photos and/or folders of photos.",
                                         show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="The dataset folder (created, or added to).", show_default=False),
     resolution: int = typer.Option(224, "--resolution", "-r", help="Crop side in pixels: 224 or 128."),
@@ -100,7 +100,7 @@ def synth_command(
 
 
 def train_command(
-    datasets: Optional[list[Path]] = typer.Argument(None, metavar="DATASETS...", help="Dataset folders (morph prepare / morph synth).",
+    datasets: Optional[list[Path]] = typer.Argument(None, metavar="DATASETS", help="Dataset folders (morph prepare / morph synth).",
                                                     show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder (logs, checkpoints, network)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
@@ -165,7 +165,7 @@ def train_command(
 
 
 def predict_command(
-    photos: list[Path] = typer.Argument(..., metavar="PHOTOS...", help="Photos and/or folders of photos.",
+    photos: list[Path] = typer.Argument(..., metavar="PHOTOS", help="Photos and/or folders of photos.",
                                         show_default=False),
     network: Optional[Path] = typer.Option(None, "--network", "-n", help="A trained network (network.safetensors; "
                                            "default: the shipped assets/morph_regressor.safetensors)."),
