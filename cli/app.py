@@ -289,7 +289,7 @@ def eval_command(
     300-W one (outer-eye-corner distance). When a network starts the fits (--init), its own
     prediction is compared too. .pts files are read as 1-based.
 
-    Example: morph eval ../shared/data/faces --json eval.json
+    Example: morph eval faces/ --json eval.json   (faces/: e.g. AFLW2000-3D's .jpg + .pts)
     """
     from .defaults import load_model, start_network
     from .files import collect_images, write_json
