@@ -4,6 +4,8 @@ import base64
 import json
 import math
 import re
+import shutil
+from pathlib import Path
 
 import imageio.v3 as iio
 import kornia
@@ -301,6 +303,23 @@ def test_loss_plot_explains_itself(model):
     height = HEIGHT - TOP - 52
     assert x == pytest.approx(LEFT) and y == pytest.approx(TOP + height * (0 - math.log10(3e-3)) / 4, abs=0.1)
     assert float(svg.get("width")) == WIDTH
+
+
+def test_index_has_a_row_per_face_of_a_group_photo(report_folder, tmp_path):
+    from cli.report import write_index
+
+    out = tmp_path / "out"
+    shutil.copytree(report_folder, out / "single")
+    for k in (0, 2):  # face 1 failed: no folder
+        shutil.copytree(report_folder, out / "group" / f"face_{k}")
+    write_index(out, [(Path("a/single.png"), None), (Path("a/group.jpg"), None), (Path("a/blank.png"), "no face")],
+                ["single", "group", "blank"])
+    page = (out / "index.html").read_text()
+    assert "2 of 3 images fitted" in page
+    for link in ("single/report.html", "group/face_0/report.html", "group/face_2/report.html"):
+        assert f'href="{link}"' in page
+    assert "group.jpg, face 0" in page and "group.jpg, face 2" in page and "face_1" not in page
+    assert page.count('class="thumb"') == 3
 
 
 def test_index_lists_every_image_and_its_failure(report_folder):

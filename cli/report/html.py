@@ -154,11 +154,12 @@ def report_html(name: str, photo: np.ndarray, overlay: np.ndarray, target: np.nd
         mesh=json.dumps(mesh), viewer=_resource("viewer.js"))
 
 
-def index_html(entries: list[dict]) -> str:
-    """A batch's page: per image its thumbnail, status, headline numbers or error line.
+def index_html(entries: list[dict], images: tuple[int, int] | None = None) -> str:
+    """A batch's page: per image (or face) its thumbnail, status, headline numbers or error line.
 
     ``entries``: dicts with ``name``, ``link`` (relative, or None), ``thumbnail`` (JPEG bytes or
     None), ``report`` (``report.json`` content, or None) and ``error`` (one line, or None).
+    ``images``: (fitted, total) for the title, when entries are faces rather than images.
     """
     rows = []
     for e in entries:
@@ -172,10 +173,10 @@ def index_html(entries: list[dict]) -> str:
             status = '<span class="ok">fitted</span>'
             figures = "<br>".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in _figures(e.get("report") or {})[:3])
         rows.append(f"<tr><td>{thumb}</td><td>{name}</td><td>{status}</td><td>{figures}</td></tr>")
-    ok = sum(1 for e in entries if not e.get("error"))
+    ok, total = images or (sum(1 for e in entries if not e.get("error")), len(entries))
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>morph fit: {len(entries)} images</title><style>{STYLE}</style></head>
-<body><header><h1>morph fit: {ok} of {len(entries)} images fitted</h1></header>
+<html lang="en"><head><meta charset="utf-8"><title>morph fit: {total} images</title><style>{STYLE}</style></head>
+<body><header><h1>morph fit: {ok} of {total} images fitted</h1></header>
 <main><table><tr><th></th><th>image</th><th>status</th><th>figures</th></tr>{"".join(rows)}</table></main>
 </body></html>
 """
@@ -183,21 +184,30 @@ def index_html(entries: list[dict]) -> str:
 
 def write_index(out_root: Path, results: list[tuple[Path, str | None]], names: list[str] | None = None) -> Path:
     """Write ``out_root/index.html`` for ``results``: (image path, error line or None) per image,
-    reading each fitted image's ``report.json`` and ``overlay.png`` from ``out_root/<name>/``
-    (``names``: the output folders, in the order of ``results``; default the stems)."""
+    reading each fitted image's ``report.json`` and ``overlay.png`` from ``out_root/<name>/``, or one
+    row per face from ``out_root/<name>/face_<k>/`` for a photo of several faces (``names``: the
+    output folders, in the order of ``results``; default the stems)."""
     import imageio.v3 as iio
+
+    def entry(label: str, folder: Path, link: str, error: str | None) -> dict:
+        row = {"name": label, "link": None, "thumbnail": None, "report": None, "error": error}
+        if error is None and (folder / "report.json").is_file():
+            row["link"] = f"{link}/report.html"
+            row["report"] = json.loads((folder / "report.json").read_text())
+            if (folder / "overlay.png").is_file():
+                row["thumbnail"] = encode_image(iio.imread(folder / "overlay.png")[..., :3], max_side=THUMBNAIL_SIDE)
+        return row
 
     entries = []
     for (path, error), name in zip(results, names or [path.stem for path, _ in results]):
         folder = out_root / name
-        entry = {"name": path.name, "link": None, "thumbnail": None, "report": None, "error": error}
-        if error is None and (folder / "report.json").is_file():
-            entry["link"] = f"{name}/report.html"
-            entry["report"] = json.loads((folder / "report.json").read_text())
-            if (folder / "overlay.png").is_file():
-                entry["thumbnail"] = encode_image(iio.imread(folder / "overlay.png")[..., :3], max_side=THUMBNAIL_SIDE)
-        entries.append(entry)
+        faces = [] if error is not None or (folder / "report.json").is_file() else sorted(
+            (int(d.name[5:]) for d in folder.glob("face_*") if d.name[5:].isdigit() and d.is_dir()))
+        if faces:
+            entries += [entry(f"{path.name}, face {k}", folder / f"face_{k}", f"{name}/face_{k}", None) for k in faces]
+        else:
+            entries.append(entry(path.name, folder, name, error))
     target = out_root / "index.html"
     with atomic_path(target) as tmp:
-        tmp.write_text(index_html(entries), encoding="utf-8")
+        tmp.write_text(index_html(entries, (sum(error is None for _, error in results), len(results))), encoding="utf-8")
     return target
