@@ -292,7 +292,7 @@ def eval_command(
     Example: morph eval faces/ --json eval.json   (faces/: e.g. AFLW2000-3D's .jpg + .pts)
     """
     from .defaults import load_model, start_network
-    from .files import collect_images, write_json
+    from .files import annotated_images, write_json
     from .fitting import evaluate
 
     with reported_errors():
@@ -300,7 +300,7 @@ def eval_command(
         check_detector(detector)
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder")
-        if not any(path.with_suffix(".pts").is_file() for path in collect_images([folder])):
+        if next(annotated_images(folder), None) is None:
             raise InputError(f"{folder}: no images with .pts landmarks")
         face_model = load_model(model)
         start = start_network(init, network, face_model, dev)

@@ -185,10 +185,10 @@ def collect_images(paths: list[Path]) -> list[Path]:
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """The folder under OUT that each input of ``paths`` writes, in order: its stem; where inputs share a stem, the file
-    name with its dot as ``_`` (``face.jpg`` -> ``face_jpg``); where those are shared too (one name
-    in two folders, or a file given twice), a count after it (``face_png_1``, ``face_png_2``), in
-    input order. No two inputs get the same folder."""
+    """The folder under OUT that each input of ``paths`` writes, in order: its stem; where inputs
+    share a stem, the file name with its dot as ``_`` (``face.jpg`` -> ``face_jpg``); where those
+    are shared too (one name in two folders, or a file given twice), a count after it
+    (``face_png_1``, ``face_png_2``), in input order. No two inputs get the same folder."""
     stems = Counter(p.stem for p in paths)
     names = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in paths]
     shared, seen, out = Counter(names), Counter(), []

@@ -23,6 +23,7 @@ from ..errors import USER_ERRORS, InputError, one_line
 from ..files import atomic_directory, load_image, read_landmarks
 from ..report.outputs import write_fit_outputs
 from ..report.texture import prefetch_texel_table
+from .crop import make_crop
 from .optimise import FitConfig, FitDiverged, FitResult, fit
 
 MIN_IMAGE_SIDE = 16
@@ -93,7 +94,7 @@ def prepare_faces(image_path: Path, landmarks_path: Path | None = None, detector
 
 
 def _check_on_image(points: torch.Tensor, image: torch.Tensor, path: Path) -> None:
-    """Landmarks ``[68,2]`` from a file must be a face's on this image: some point on it, spanning a pixel.
+    """Landmarks ``[68,2]`` from a file must be a face's on this image: some point on it, spread out.
     (A face cut by the border is fine; points all off the image are another image's, or another convention's.)"""
     h, w = image.shape[1:]
     inside = (points[:, 0] >= 0) & (points[:, 0] <= w) & (points[:, 1] >= 0) & (points[:, 1] <= h)
@@ -101,8 +102,10 @@ def _check_on_image(points: torch.Tensor, image: torch.Tensor, path: Path) -> No
     if not inside.any():
         raise InputError(f"{path}: no landmark lies on the {w}x{h} image (x {low[0]:.0f} to {high[0]:.0f}, "
                          f"y {low[1]:.0f} to {high[1]:.0f}): are they this image's?")
-    if max(high[0] - low[0], high[1] - low[1]) < 1:
-        raise InputError(f"{path}: the landmarks span less than a pixel")
+    try:
+        make_crop(points, 1)  # the fit's own test of a usable spread (more than a pixel)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _prepared(image, face: Face, index: int, count: int, seconds: float, detector: str,
