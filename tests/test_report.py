@@ -134,8 +134,11 @@ def test_unseen_texels_are_filled_without_holes_or_seams(model):
     albedo = colour / 0.8
     # Seen or not, on the islands or between them, the albedo is the photo's (the fill carries the
     # photo - model difference over the back, where the model's albedo varies by +-0.05).
+    # The error is the model's own albedo showing through where the fill carries it: 0.0184 mean,
+    # 0.079 max for any photo colour (deterministic: 1 and 2 threads agree). A
+    # hole or a black gap between islands is off by the colour itself (0.44-0.75).
     error = (baked.albedo - albedo[:, None, None]).abs()
-    assert error.mean() < 0.02 and error.max() < 0.1
+    assert error.mean() < 0.025 and error.max() < 0.1
     assert baked.texture.min() > 0.1  # no black anywhere: no holes, nothing between islands
     # Across the UV seam at the back (u = 0.02 and u = 0.98 are the same longitude) the texture agrees.
     rows = slice(int(0.3 * TEXELS), int(0.7 * TEXELS))

@@ -28,6 +28,7 @@ from cli.training import (MIRROR_68, AugmentConfig, BatchStream, Dataset, Networ
 from cli.training.checkpoint import load_checkpoint
 from cli.training.loader import Batch
 from cli.training.shards import Sample
+from cli.training.validate import validate
 from morphable import Parameters, default_lighting
 from synthetic import make_model
 
@@ -220,19 +221,32 @@ def test_mirror_permutation_is_an_involution_that_maps_the_mean_face_onto_itself
 
 # -- training ----------------------------------------------------------------------------------
 def test_training_lowers_the_landmark_error(tmp_path, synth_data, face_model):
-    config = quick_config(synth_data, steps=40, batch_size=8, lr=2e-3, warmup_steps=5, checkpoint_every=40,
-                          val_every=40)
+    """Training learns: the saved network's landmarks on the faces it was trained on are much
+    closer than the neutral face's, and the logged landmark loss falls.
+
+    Measured on a 2-core AMD EPYC over 10 runs (seeds 0-5, 1 and 2 torch threads), 80 steps:
+    trained/neutral landmark error 0.585-0.642, last/first ten logged landmark losses 0.30-0.42;
+    with lr = 0 (a network that does not learn) 1.000 and 0.96. The bounds sit between, about
+    25 % from either side. Held-out faces are not asserted: after 40-80 steps on 43 faces their
+    ratio spans 0.75-1.04 with the seed and thread count (it failed at 0.92 on one CPU).
+    """
+    steps = 80
+    config = quick_config(synth_data, steps=steps, batch_size=8, lr=2e-3, warmup_steps=5, checkpoint_every=steps,
+                          val_every=steps)
     config.augment = AugmentConfig(flip=0.0, rotation=0.0, shift=0.0, scale=0.0)
-    result = train(config, tmp_path / "run", progress=False)
-    val = result.last_validation
+    train(config, tmp_path / "run", progress=False)
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     header = rows[0].split(",")
     landmark = [float(r.split(",")[header.index("landmark")]) for r in rows[1:]]
-    assert np.mean(landmark[-10:]) < 0.6 * np.mean(landmark[:10])  # batch 8: noisy steps, so 10 of each
-    assert val["landmark_px"] < 0.9 * val["neutral_px"]  # held-out faces too (40 steps: a first step)
-    assert (tmp_path / "run" / "val" / "step_000040.png").is_file()
-    net = ParameterRegressor.from_file(tmp_path / "run" / "network.safetensors", face_model)
+    assert np.mean(landmark[-10:]) < 0.7 * np.mean(landmark[:10])  # batch 8: noisy steps, so 10 of each
+    assert (tmp_path / "run" / "val" / f"step_{steps:06d}.png").is_file()
+    net = ParameterRegressor.from_file(tmp_path / "run" / "network.safetensors", face_model).eval()
     assert net.input_size == 128
+    dataset = Dataset([synth_data])
+    train_ids, _ = split(dataset, config.val_fraction, config.val_max)
+    stream = BatchStream(dataset, train_ids, 8)
+    metrics, _ = validate(net, FaceScene(face_model, 128), stream, train_ids, "cpu")
+    assert metrics["landmark_px"] < 0.8 * metrics["neutral_px"]
 
 
 def test_checkpoint_round_trip_and_resume_equivalence(tmp_path, synth_data):
