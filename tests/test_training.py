@@ -268,6 +268,19 @@ def test_checkpoint_round_trip_and_resume_equivalence(tmp_path, synth_data):
     assert [r.split(",")[0] for r in log[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
+def test_validation_datasets_are_held_out_whole(tmp_path, synth_data, face_model, capsys):
+    """With validation folders, all of the training folders are trained on and validation reads only those."""
+    held = tmp_path / "held"
+    synthesize(face_model, held, 10, seed=9, resolution=128)
+    config = quick_config(synth_data, steps=2, val_every=2, validation=[str(held)])
+    result = train(config, tmp_path / "run", progress=False)
+    assert "48 training / 10 validation samples from 1 dataset(s) + 1 for validation" in capsys.readouterr().out
+    net = ParameterRegressor.from_file(tmp_path / "run" / "network.safetensors", face_model).eval()
+    stream = BatchStream(Dataset([held]), torch.tensor([[0, i] for i in range(10)]), 10)
+    metrics, _ = validate(net, FaceScene(face_model, 128), stream, torch.tensor([[0, i] for i in range(10)]), "cpu")
+    assert result.last_validation["landmark_px"] == pytest.approx(metrics["landmark_px"], rel=1e-5)
+
+
 def _write_toml(path: Path, config: TrainConfig) -> Path:
     from cli.training.config import to_toml
     path.write_text(to_toml(config))

@@ -140,4 +140,4 @@ def augment(batch: Batch, config: AugmentConfig, seed: int, step: int, rows: sli
         compressed = kornia.enhance.jpeg_codec_differentiable(images[jpeg], d["quality"].to(device)[jpeg])
         images = images.clone()
         images[jpeg] = compressed.clamp(0, 1)
-    return Batch(images, landmarks, weights, params, has_params)
+    return Batch(images, landmarks, weights, params, has_params, batch.parameter_weights)

@@ -22,17 +22,25 @@ def prepare_command(
     resolution: int = typer.Option(224, "--resolution", "-r", help="Crop side in pixels: 224 or 128."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the photos that failed before."),
     detector: str = detector_option(),
+    fit: bool = typer.Option(False, "--fit", help="Also fit every photo (cached in OUT/fits/ with its baked albedo): "
+                                                  "the fitted parameters become targets, and morph profile and "
+                                                  "morph synth --textures read the fits."),
+    template_map: Optional[Path] = typer.Option(None, "--template-map", help="Map from .tem templates to the 68 "
+                                                "(default: a *_to_ibug68.json beside the photos or one folder up)."),
+    model: Optional[Path] = model_option(),
 ) -> None:
     """Make a training dataset from photos with 68 landmarks.
 
-    Landmarks come from a .pts beside the photo, or are detected; the crop is the one morph fit
-    uses; crops and landmarks are written to shards. Failed photos are logged and skipped; a
-    re-run skips what is done.
+    Landmarks come from a .pts beside the photo, a .tem template (with a template map), or the
+    detector; the crop is the one morph fit uses; crops and landmarks are written to shards.
+    With --fit, every photo is fitted once and its parameters and texture kept. Failed photos
+    are logged, counted and skipped; a re-run skips what is done.
 
-    Example: morph prepare photos/ --out data/photos --resolution 224
+    Example: morph prepare photos/ --out data/photos --resolution 128 --fit
     """
     from ..progress import progress_track
 
+    from ..defaults import load_model
     from ..files import collect_images
     from .prepare import prepare_dataset
 
@@ -46,7 +54,8 @@ def prepare_command(
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise InputError(f"{missing[0]}: no such file")
-        steps = iter(progress_track(range(len(paths)), "preparing"))
+        face_model = load_model(model) if fit else None
+        steps = iter(progress_track(range(len(paths)), "fitting" if fit else "preparing"))
         next(steps, None)
 
         def on_photo(path, error):
@@ -54,9 +63,12 @@ def prepare_command(
                 report(f"{path}: {error} (skipped)")
             next(steps, None)
 
-        summary = prepare_dataset(paths, out, resolution, retry_failed, on_photo, detector)
+        summary = prepare_dataset(paths, out, resolution, retry_failed, on_photo, detector, face_model,
+                                  template_map=template_map)
+    fits = (f"; fitted {summary.fitted} (cached fits used: {summary.fits_reused}), {summary.teaching} agree with "
+            "their labels" if fit else "")
     typer.echo(f"{summary.added} added, {summary.skipped} already done or failed before, {len(summary.failed)} "
-               f"failed now -> {out}" + (f" (see {out / 'prepare.log'})" if summary.failed else ""))
+               f"failed now{fits} -> {out}" + (f" (see {out / 'prepare.log'})" if summary.failed else ""))
 
 
 def synth_command(
@@ -99,6 +111,50 @@ def synth_command(
                f"(backgrounds: {library.describe()})")
 
 
+def profile_command(
+    dataset: Path = typer.Argument(..., metavar="DATASET", help="A dataset made with morph prepare --fit.",
+                                   show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="The dataset folder to write.", show_default=False),
+    per_face: int = typer.Option(8, "--per-face", "-n", min=1, help="New samples per fitted photo."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
+    resolution: int = typer.Option(224, "--resolution", "-r", help="Crop side in pixels: 224 or 128."),
+    backgrounds: str = typer.Option("both", "--backgrounds", metavar="procedural|photos|both",
+                                    help="New backgrounds (the photo's own is used too): procedural, photos or both."),
+    background_folder: Optional[Path] = typer.Option(None, "--background-folder", help="More background photos."),
+    model: Optional[Path] = model_option(),
+) -> None:
+    """Turn fitted photos into new training samples: the head turned (yaw up to 90 degrees), new
+    expressions and light, drawn with the photo's own texture over its own or a new background.
+
+    Labels follow exactly from the parameters (the 68 landmark vertices and the parameters).
+
+    Example: morph profile data/photos --out data/profiled --per-face 8 --resolution 128
+    """
+    from ..progress import progress_track
+
+    from ..defaults import load_model
+    from .backgrounds import Backgrounds
+    from .prepare import fit_records
+    from .profile import profile_dataset
+
+    with reported_errors():
+        if resolution not in (128, 224):
+            raise InputError(f"--resolution {resolution}: use 128 or 224")
+        face_model = load_model(model)
+        library = Backgrounds(resolution, backgrounds, background_folder)
+        steps = iter(progress_track(range(len(fit_records(dataset))), "profiling"))
+        next(steps, None)
+
+        def on_record(path, error):
+            if error:
+                report(f"{path}: {error} (skipped)")
+            next(steps, None)
+
+        counts = profile_dataset(dataset, out, face_model, per_face, seed, resolution, library, on_record=on_record)
+    typer.echo(f"{counts['made']} samples from {counts['records']} fitted photos ({counts['disagreeing']} fits that "
+               f"disagree with their labels and {counts['missing']} unreadable skipped) -> {out}")
+
+
 def train_command(
     datasets: Optional[list[Path]] = typer.Argument(None, metavar="DATASETS", help="Dataset folders (morph prepare / morph synth).",
                                                     show_default=False),
@@ -109,7 +165,11 @@ def train_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch size (default: 32)."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input crop side: 224 or 128 (default: 224)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-3)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18, resnet34 or resnet50 (default: resnet18)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18, resnet34, resnet50, efficientnet_lite0 or "
+                                           "mediapipe_mesh (default: resnet18)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--from-scratch", help="Start the trunk from its "
+                                              "published weights (efficientnet_lite0: ImageNet; mediapipe_mesh always "
+                                              "starts from MediaPipe's) (default: from scratch)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: auto)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="32 or bf16 (the network in bfloat16) (default: 32)."),
@@ -131,7 +191,7 @@ def train_command(
     from .loop import TrainingDiverged, TrainingInterrupted, train
 
     overrides = {"steps": steps, "batch_size": batch_size, "resolution": resolution, "lr": lr, "backbone": backbone,
-                 "checkpoint_every": checkpoint_every, "device": device, "precision": precision,
+                 "pretrained": pretrained, "checkpoint_every": checkpoint_every, "device": device, "precision": precision,
                  "model": str(model) if model else None, "seed": seed,
                  "datasets": [str(d) for d in datasets] if datasets else None}
     with reported_errors():
@@ -221,5 +281,6 @@ def predict_command(
 def register(app: typer.Typer) -> None:
     app.command("prepare")(prepare_command)
     app.command("synth")(synth_command)
+    app.command("profile")(profile_command)
     app.command("train")(train_command)
     app.command("predict")(predict_command)

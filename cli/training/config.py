@@ -43,7 +43,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.01  # the cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
     ema: float = 0.999  # 0 turns the exponential moving average of the weights off
-    backbone: str = "resnet18"
+    backbone: str = "resnet18"  # resnet18/34/50, efficientnet_lite0, mediapipe_mesh (cli/training/trunks.py)
+    pretrained: bool = False  # start the trunk from its published weights (efficientnet_lite0: ImageNet)
+    trunk_weights: str = ""  # or from this safetensors file of trunk weights
     precision: str = "32"  # "32" or "bf16" (the network in bfloat16 autocast; renderer and losses in float32)
     device: str = "auto"
     seed: int = 0
@@ -56,6 +58,9 @@ class TrainConfig:
     window: int = 4  # shards mixed at a time by the loader
     model: str = ""  # morphable model file ("" = the shipped default model)
     datasets: list = field(default_factory=list)  # dataset folders
+    # Validation dataset folders: when given, all of every training dataset is trained on and
+    # validation reads these (e.g. held-out real people) instead of val_fraction of each.
+    validation: list = field(default_factory=list)
     loss: LossWeights = field(default_factory=LossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -66,6 +71,10 @@ class TrainConfig:
             raise InputError(f"precision {self.precision!r}: use 32 or bf16")
         if self.render_detail not in ("auto", "coarse", "full"):
             raise InputError(f"render_detail {self.render_detail!r}: use auto, coarse or full")
+        from .network import BACKBONE_NAMES
+
+        if self.backbone not in BACKBONE_NAMES:
+            raise InputError(f"backbone {self.backbone!r}: use one of {', '.join(BACKBONE_NAMES)}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "val_every"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}")

@@ -28,18 +28,26 @@ OPEN_SHARDS = 16
 class Batch:
     """Images ``[B,3,S,S]`` float in [0,1]; landmarks ``[B,68,2]`` crop pixels; landmark_weights
     ``[B,68]``; params: group -> ``[B,K]`` ground truth (zeros where a sample has none) or None;
-    has_params ``[B]`` bool."""
+    has_params ``[B]`` bool; parameter_weights ``[B]`` how far each sample's parameters are trusted
+    (None: fully, where it has them)."""
 
     images: torch.Tensor
     landmarks: torch.Tensor
     landmark_weights: torch.Tensor
     params: dict[str, torch.Tensor] | None
     has_params: torch.Tensor
+    parameter_weights: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
         params = None if self.params is None else {g: t.to(device) for g, t in self.params.items()}
+        weights = None if self.parameter_weights is None else self.parameter_weights.to(device)
         return Batch(self.images.to(device), self.landmarks.to(device), self.landmark_weights.to(device), params,
-                     self.has_params.to(device))
+                     self.has_params.to(device), weights)
+
+    def parameter_weight(self) -> torch.Tensor:
+        """``[B]`` the weight of each sample's parameter loss: 0 without parameters."""
+        has = self.has_params.float()
+        return has if self.parameter_weights is None else has * self.parameter_weights
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -133,13 +141,16 @@ class BatchStream:
         rows = [self._shard(int(s)).read(int(i)) for s, i in ids.tolist()]
         images = torch.stack([r["images"] for r in rows]).float() / 255.0
         has = torch.tensor(["params_pose" in r for r in rows])
-        params = None
+        params = weights = None
         if has.any():
             sizes = {g: next(r["params_" + g].shape[0] for r in rows if "params_" + g in r) for g in GROUPS}
             params = {g: torch.stack([r["params_" + g] if "params_" + g in r else torch.zeros(sizes[g])
                                       for r in rows]) for g in GROUPS}
+            if any("parameter_weights" in r for r in rows):
+                weights = torch.stack([r["parameter_weights"].float() if "parameter_weights" in r
+                                       else torch.ones(()) for r in rows])
         return Batch(images, torch.stack([r["landmarks"] for r in rows]),
-                     torch.stack([r["landmark_weights"] for r in rows]), params, has)
+                     torch.stack([r["landmark_weights"] for r in rows]), params, has, weights)
 
     def _shard(self, shard_id: int):
         shard = self.dataset.shards[shard_id]

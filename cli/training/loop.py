@@ -80,12 +80,13 @@ def training_loss(config: TrainConfig, resolution: int) -> losses.WeightedSum:
             + w.parameters * losses.ParameterLoss())
 
 
-def _check_datasets(config: TrainConfig, model: MorphableModel) -> Dataset:
-    if not config.datasets:
+def _check_datasets(config: TrainConfig, model: MorphableModel, folders: list | None = None) -> Dataset:
+    folders = config.datasets if folders is None else folders
+    if not folders:
         raise InputError("no datasets given")
-    dataset = Dataset([Path(d) for d in config.datasets])
+    dataset = Dataset([Path(d) for d in folders])
     if dataset.resolution != config.resolution:
-        raise DatasetError(f"{config.datasets[0]}: holds {dataset.resolution} px crops but --resolution is "
+        raise DatasetError(f"{folders[0]}: holds {dataset.resolution} px crops but --resolution is "
                            f"{config.resolution} (make the data at the training resolution)")
     for folder in dataset.folders:
         index = read_index(folder)
@@ -179,8 +180,15 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
            stop_after: int | None) -> TrainResult:
     model = load_model(Path(config.model) if config.model else None)
     dataset = _check_datasets(config, model)
-    train_ids, val_ids = split(dataset, config.val_fraction, config.val_max)
+    if config.validation:
+        train_ids = split(dataset, 0.0)[0]
+        val_dataset = _check_datasets(config, model, config.validation)
+        val_ids = torch.cat([torch.stack([torch.full((n,), s), torch.arange(n)], 1)
+                             for s, n in enumerate(val_dataset.counts.tolist())])[:config.val_max]
+    else:
+        train_ids, val_ids = split(dataset, config.val_fraction, config.val_max)
     stream = BatchStream(dataset, train_ids, config.batch_size, config.seed, d.rank, d.world, config.window)
+    val_stream = BatchStream(val_dataset, val_ids, 1) if config.validation else stream
     # Flipped samples keep their ground truth, mirrored by the model's own mirror maps, when the
     # model is symmetric enough for a mirror to exist; otherwise they are trained on landmarks only.
     mirror = ModelMirror(model) if config.augment.flip > 0 and config.augment.mirror_params else None
@@ -198,7 +206,9 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
         raise InputError(f"render_detail = coarse, but model '{model.metadata.get('name')}' has no coarse_triangles")
 
     torch.manual_seed(config.seed)
-    net = ParameterRegressor.for_model(model, config.backbone, config.resolution).to(d.device)
+    pretrained = config.trunk_weights or config.pretrained
+    net = ParameterRegressor.for_model(model, config.backbone, config.resolution, pretrained=pretrained
+                                       if state is None else False).to(d.device)
     optimiser = _optimiser(net, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(config))
     ema = None
@@ -226,7 +236,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
         run.mkdir(parents=True, exist_ok=True)
         save_config(config, run / "config.toml")
         log.note(f"{len(train_ids)} training / {len(val_ids)} validation samples from {len(config.datasets)} "
-                 f"dataset(s); {config.backbone} at {config.resolution} px, batch {config.batch_size} over "
+                 f"dataset(s){f' + {len(config.validation)} for validation' if config.validation else ''}; {config.backbone} at {config.resolution} px, batch {config.batch_size} over "
                  f"{d.world} process(es) on {d.device}, precision {config.precision}, render detail {detail}")
         if mirror_note:
             log.note(mirror_note)
@@ -284,7 +294,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
                 if d.main:
                     evaluated = ema.module if ema is not None else net
                     evaluated.eval()
-                    last_val, grid = validate(evaluated, scene, stream, val_ids, d.device, autocast)
+                    last_val, grid = validate(evaluated, scene, val_stream, val_ids, d.device, autocast)
                     log.validation(step, last_val, grid)
                 distributed.barrier(d)
             if step % config.checkpoint_every == 0 or step == last_step:
@@ -303,7 +313,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
 
 def _target(batch: Batch) -> dict:
     target = {"landmarks": batch.landmarks, "image": batch.images, "landmark_weights": batch.landmark_weights,
-              "parameter_weights": batch.has_params.float()}
+              "parameter_weights": batch.parameter_weight()}
     if batch.params is not None:
         target.update({g: batch.params[g] for g in ("identity", "expression", "albedo")})
     return target

@@ -1,4 +1,4 @@
-"""The face parameter network: a ResNet backbone and one zero-initialised head per parameter group.
+"""The face parameter network: a trunk (:mod:`.trunks`) and one zero-initialised head per parameter group.
 
 ``ParameterRegressor`` maps face crops ``[B,3,S,S]`` in [0,1] (the crop of :mod:`cli.fitting.crop`,
 S = 224 or 128) to :class:`morphable.Parameters` in that crop's frame (the scaled-orthographic
@@ -9,11 +9,13 @@ puts the mean face's 68 landmarks centred in the crop at the size the crop gives
 Weights file: safetensors, the ``state_dict`` plus metadata strings ``format``
 (``morph-regressor``), ``format_version``, ``backbone``, ``input_size``, ``crop_scale``,
 and the morphable model it predicts for: ``model_name``, ``model_vertices``,
-``n_identity``, ``n_expression``, ``n_albedo``.
+``n_identity``, ``n_expression``, ``n_albedo``; for the ``mediapipe_mesh`` trunk also
+``trunk_program`` (its graph, a JSON list of known operations; never code).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -142,12 +144,31 @@ def neutral_pose(model: MorphableModel, input_size: int, crop_scale: float = CRO
     return scale, input_size / 2 - scale * float(centre[0]), input_size / 2 + scale * float(centre[1])
 
 
+def make_trunk(name: str, program: dict | None = None, shapes: dict | None = None) -> nn.Module:
+    """A trunk by name (:data:`BACKBONE_NAMES`) with fresh weights (MediaPipe's for ``mediapipe_mesh``, or
+    zeros of ``shapes`` for its ``program`` when a file is about to be loaded into it)."""
+    from .trunks import EfficientNetLite0, FaceMeshTrunk, mediapipe_mesh_trunk
+
+    if name in BACKBONES:
+        return ResNet(name)
+    if name == "efficientnet_lite0":
+        return EfficientNetLite0()
+    if name == "mediapipe_mesh":
+        return FaceMeshTrunk.empty(program, shapes) if program is not None else mediapipe_mesh_trunk()
+    raise ValueError(f"backbone must be one of {', '.join(BACKBONE_NAMES)}, got {name!r}")
+
+
+BACKBONE_NAMES = (*BACKBONES, "efficientnet_lite0", "mediapipe_mesh")
+
+
 class ParameterRegressor(nn.Module):
     """Face crop -> :class:`Parameters` (see the module docstring).
 
     Args:
         sizes: the morphable model's parameter sizes.
-        backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50``, ``efficientnet_lite0`` or ``mediapipe_mesh``
+            (:mod:`.trunks`).
+        trunk: the trunk module itself, when it is made elsewhere (e.g. with loaded weights).
         input_size: crop side S in pixels (224 or 128).
         reference: the neutral pose ``(scale, tx, ty)`` (:func:`neutral_pose`).
         model_info: the model's ``name`` and ``vertices`` (checked when the weights are loaded).
@@ -159,7 +180,7 @@ class ParameterRegressor(nn.Module):
 
     def __init__(self, sizes: ParameterSizes, backbone: str = "resnet18", input_size: int = 224,
                  reference: tuple[float, float, float] = (1.0, 0.0, 0.0), model_info: dict | None = None,
-                 crop_scale: float = CROP_SCALE):
+                 crop_scale: float = CROP_SCALE, trunk: nn.Module | None = None):
         super().__init__()
         if input_size not in INPUT_SIZES:
             raise ValueError(f"input_size must be one of {INPUT_SIZES}, got {input_size}")
@@ -168,7 +189,8 @@ class ParameterRegressor(nn.Module):
         self.input_size = int(input_size)
         self.crop_scale = float(crop_scale)
         self.model_info = dict(model_info or {})
-        self.backbone = ResNet(backbone)
+        self.trunk_origin = "trained from scratch"
+        self.backbone = trunk if trunk is not None else make_trunk(backbone)
         features = self.backbone.num_features
         self.heads = nn.ModuleDict({
             "identity": nn.Linear(features, self.sizes.identity),
@@ -180,18 +202,37 @@ class ParameterRegressor(nn.Module):
         for head in self.heads.values():
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
-        self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN).reshape(1, 3, 1, 1))
-        self.register_buffer("image_std", torch.tensor(IMAGE_STD).reshape(1, 3, 1, 1))
+        # MediaPipe's network takes [0, 1] pixels; the others ImageNet's normalisation.
+        mean, std = ((0.0,) * 3, (1.0,) * 3) if backbone == "mediapipe_mesh" else (IMAGE_MEAN, IMAGE_STD)
+        self.register_buffer("image_mean", torch.tensor(mean).reshape(1, 3, 1, 1))
+        self.register_buffer("image_std", torch.tensor(std).reshape(1, 3, 1, 1))
         self.register_buffer("reference", torch.tensor(reference, dtype=torch.float32))
         self.register_buffer("default_light", default_lighting(1)[0])
 
     @classmethod
     def for_model(cls, model: MorphableModel, backbone: str = "resnet18", input_size: int = 224,
-                  crop_scale: float = CROP_SCALE) -> "ParameterRegressor":
-        """A fresh network sized and referenced for ``model``."""
+                  crop_scale: float = CROP_SCALE, pretrained: bool | str = False) -> "ParameterRegressor":
+        """A fresh network sized and referenced for ``model``.
+
+        ``pretrained``: start the trunk from its published weights (True; see :mod:`.trunks`) or
+        from a safetensors file of them (a path); :class:`.trunks.TrunkFileError` if they do not fit.
+        """
+        from .trunks import PRETRAINED, EfficientNetLite0, efficientnet_weights_path, pretrained_state
+
         info = {"name": model.metadata.get("name", ""), "vertices": model.num_vertices}
-        return cls(model.parameter_sizes, backbone, input_size, neutral_pose(model, input_size, crop_scale), info,
-                   crop_scale)
+        net = cls(model.parameter_sizes, backbone, input_size, neutral_pose(model, input_size, crop_scale), info,
+                  crop_scale)
+        if pretrained is True and backbone not in PRETRAINED:
+            raise InputError(f"backbone {backbone} has no published weights to start from (those that do: "
+                             f"{', '.join(PRETRAINED)}); train it from scratch or give a trunk file")
+        if backbone == "mediapipe_mesh" and not isinstance(pretrained, (str, os.PathLike)):
+            net.trunk_origin = PRETRAINED[backbone]  # it is MediaPipe's network: it starts from its weights
+        elif pretrained:
+            path = efficientnet_weights_path() if pretrained is True else pretrained
+            key_of = EfficientNetLite0.key_of if backbone == "efficientnet_lite0" else (lambda name: name)
+            net.backbone.load_state_dict(pretrained_state(net.backbone, path, key_of), strict=False)
+            net.trunk_origin = PRETRAINED[backbone] if pretrained is True else f"started from {path}"
+        return net
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[B,3,S,S]`` in [0,1] -> ``[B,F]`` pooled backbone features."""
@@ -214,12 +255,15 @@ class ParameterRegressor(nn.Module):
 
     # -- files -------------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": self.backbone_name,
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": self.backbone_name,
                 "input_size": str(self.input_size), "crop_scale": repr(self.crop_scale),
                 "model_name": str(self.model_info.get("name", "")),
                 "model_vertices": str(self.model_info.get("vertices", "")),
                 "n_identity": str(self.sizes.identity), "n_expression": str(self.sizes.expression),
-                "n_albedo": str(self.sizes.albedo)}
+                "n_albedo": str(self.sizes.albedo), "trunk": self.trunk_origin}
+        if self.backbone_name == "mediapipe_mesh":
+            meta["trunk_program"] = json.dumps(self.backbone.program)
+        return meta
 
     def save(self, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None,
              dtype: torch.dtype = torch.float32) -> None:
@@ -250,11 +294,17 @@ class ParameterRegressor(nn.Module):
             raise NetworkFileError(f"{path}: not a morph network (metadata format is {meta.get('format')!r})")
         try:
             sizes = ParameterSizes(int(meta["n_identity"]), int(meta["n_expression"]), int(meta["n_albedo"]))
+            trunk = None
+            if meta["backbone"] == "mediapipe_mesh":
+                shapes = {k[len("backbone.graph."):]: tuple(v.shape) for k, v in state.items()
+                          if k.startswith("backbone.graph.")}
+                trunk = make_trunk("mediapipe_mesh", json.loads(meta["trunk_program"]), shapes)
             net = cls(sizes, meta["backbone"], int(meta["input_size"]), model_info={
                 "name": meta["model_name"], "vertices": int(meta["model_vertices"])},
-                crop_scale=float(meta["crop_scale"]))
-        except (KeyError, ValueError) as exc:
-            raise NetworkFileError(f"{path}: bad network metadata ({exc})") from None
+                crop_scale=float(meta["crop_scale"]), trunk=trunk)
+            net.trunk_origin = meta.get("trunk", "trained from scratch")
+        except (KeyError, ValueError, TypeError) as exc:
+            raise NetworkFileError(f"{path}: bad network metadata ({type(exc).__name__}: {exc})") from None
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -275,3 +325,4 @@ class ParameterRegressor(nn.Module):
                 f"{where}: made for model '{mine[0]}' ({mine[1]} vertices, K_id/K_exp/K_alb = "
                 f"{'/'.join(map(str, mine[2]))}), not for '{theirs[0]}' ({theirs[1]} vertices, "
                 f"{'/'.join(map(str, theirs[2]))})")
+

@@ -14,12 +14,17 @@ A shard holds ``n`` samples (at most ``SHARD_SIZE``) as tensors:
 images               [n,3,S,S] uint8   face crops (the crop of :mod:`cli.fitting.crop`), RGB
 landmarks            [n,68,2] float32  68 iBUG landmarks in crop pixels (morph's convention)
 landmark_weights     [n,68] float32    1 where a landmark is valid, 0 where it is not
-params_identity ...  [n,K] float32     optional ground-truth parameters (synthetic data):
-                                       ``params_`` + each of the five groups, in the crop's frame
+params_identity ...  [n,K] float32     optional ground-truth parameters (synthetic data,
+                                       fitted photos): ``params_`` + each of the five
+                                       groups, in the crop's frame
+parameter_weights    [n] float32       optional, with the parameters: how far each
+                                       sample's parameters are trusted (0..1; absent: 1)
 ===================  ================  ===============================================
 
-and the metadata string ``sources`` (a JSON list: each sample's source, e.g. the photo's
-path or ``synth:<seed>:<index>``). ``dataset.json`` holds ``format`` (``morph-dataset``),
+and the metadata strings ``sources`` (a JSON list: each sample's source, e.g. the photo's
+path or ``synth:<seed>:<index>``) and, where the writer said, ``labels`` (a JSON list: what
+each sample's landmarks are, e.g. ``template`` or ``detector``; the index's ``labels`` says
+what each kind means). ``dataset.json`` holds ``format`` (``morph-dataset``),
 ``version``, ``resolution`` (S), ``shards`` ([{"file", "count"}] in order), ``count``,
 ``has_params``, ``model`` (for ground-truth parameters: the morphable model's name and
 sizes), ``done`` and ``failed`` (sources processed, for resumable preparation), and
@@ -65,6 +70,8 @@ class Sample:
     source: str
     landmark_weights: torch.Tensor | None = None  # [68]
     params: dict[str, torch.Tensor] | None = None  # group -> [K]
+    parameter_weight: torch.Tensor | None = None  # [] how far the params are trusted (None: fully)
+    label: str = ""  # what the landmarks are (see the module docstring)
 
 
 class ShardWriter:
@@ -111,8 +118,15 @@ class ShardWriter:
             if has_params:
                 for group in GROUPS:
                     tensors["params_" + group] = torch.stack([s.params[group] for s in samples]).float()
+                if any(s.parameter_weight is not None for s in samples):
+                    tensors["parameter_weights"] = torch.stack([
+                        torch.ones(()) if s.parameter_weight is None else s.parameter_weight.reshape(())
+                        for s in samples]).float()
             name = f"shard-{len(self.index['shards']):05d}.safetensors"
-            atomic_save_safetensors(tensors, {"sources": json.dumps([s.source for s in samples])}, self.folder / name)
+            metadata = {"sources": json.dumps([s.source for s in samples])}
+            if any(s.label for s in samples):
+                metadata["labels"] = json.dumps([s.label for s in samples])
+            atomic_save_safetensors(tensors, metadata, self.folder / name)
             self.index["shards"].append({"file": name, "count": len(samples)})
             self.index["count"] += len(samples)
             new = [s.source for s in samples]

@@ -9,6 +9,9 @@ gives the same bytes, and an interrupted run continues where it stopped. Each fa
 - pose: yaw in +-70 deg, pitch in +-30 deg, roll in +-20 deg (uniform);
 - SH light: ambient with a random tint and strength, a random directional (band 1) term,
   a little band 2;
+- albedo: the model's, or (with a texture bank, ``SynthConfig.texture`` of the time) the albedo
+  of a real photo baked into the model's UV layout by ``morph prepare --fit`` (its fitted
+  albedo coefficients are stored as the sample's albedo);
 - a background (procedural or photographic, :mod:`cli.training.backgrounds`) behind the
   face, often with a head-sized ellipse of a darkened texture just behind it (the model has
   no hair, ears or neck: the face should not always meet the background at its edge);
@@ -56,6 +59,7 @@ class SynthConfig:
     expression_symmetry: float = 0.0  # left/right units (names ending Left/Right) move together: correlation
     occluder: float = 0.2  # probability of an occluding patch
     head: float = 0.6  # probability of a head-sized backdrop (hair, neck, ears are not in the model)
+    texture: float = 0.0  # probability of a real face's baked albedo from the texture bank (if one is given)
 
 
 def sample_parameters(model: MorphableModel, g: torch.Generator, config: SynthConfig) -> Parameters:
@@ -140,16 +144,32 @@ def place_in_crop(model: MorphableModel, p: Parameters, resolution: int, crop_sc
 
 def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, resolution: int = 224,
                backgrounds: Backgrounds | None = None, config: SynthConfig | None = None, images: bool = False,
-               progress=None, shard_size: int = SHARD_SIZE) -> int:
+               progress=None, shard_size: int = SHARD_SIZE, textures: list[Path] | None = None) -> int:
     """Render ``count`` faces into the dataset folder ``out``; returns how many were made now.
 
     Samples already in ``out`` (an interrupted run with the same settings) are skipped.
-    ``progress(n)`` is called after every ``n`` faces.
+    ``progress(n)`` is called after every ``n`` faces. ``textures``: fit records of ``morph prepare
+    --fit`` (:func:`cli.training.prepare.fit_records`), the texture bank.
     """
+    from .prepare import read_fit_record
+    from .textured import TexturedFace
+
     config = config or SynthConfig()
     backgrounds = backgrounds or Backgrounds(resolution, "procedural")
+    bank = sorted(textures or [])
     settings = {"command": "synth", "seed": seed, "resolution": resolution, "backgrounds": backgrounds.describe(),
                 **{k: getattr(config, k) for k in config.__dataclass_fields__}}
+    if bank and config.texture > 0:
+        settings["textures"] = f"{len(bank)} fit records from {sorted({str(p.parent.parent) for p in bank})}"
+    textured = TexturedFace(model) if bank and config.texture > 0 else None
+    loaded: dict[Path, tuple] = {}
+
+    def bank_texture(g: torch.Generator):
+        path = bank[int(torch.randint(len(bank), (1,), generator=g))]
+        if path not in loaded:
+            record = read_fit_record(path)
+            loaded[path] = (record["albedo"], record["params"].albedo[0])
+        return loaded[path]
     writer = ShardWriter(out, resolution, generator=settings, model={
         "name": model.metadata.get("name", ""), "sizes": list(model.parameter_sizes)}, shard_size=shard_size)
     if writer.index["generator"] != settings:
@@ -169,8 +189,12 @@ def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, reso
             background = backgrounds.draw(g)
             if torch.rand(1, generator=g).item() < config.head:
                 background = _head_backdrop(background, rendered["landmarks"][k], backgrounds.draw(g), g)
-            coverage = rendered["coverage"][k]
-            image = rendered["image"][k].clamp(0, 1) + (1 - coverage) * background
+            face, coverage = rendered["image"][k], rendered["coverage"][k]
+            if textured is not None and torch.rand(1, generator=g).item() < config.texture:
+                albedo8, coefficients = bank_texture(g)
+                params[k].albedo[:] = coefficients
+                face, coverage, _ = textured(params[k], albedo8.float() / 255, resolution)
+            image = face.clamp(0, 1) + (1 - coverage) * background
             if torch.rand(1, generator=g).item() < config.occluder:
                 image = _occlude(image, rendered["landmarks"][k], backgrounds.draw(g), g)
             image8 = (image * 255).round().to(torch.uint8)
