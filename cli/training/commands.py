@@ -80,14 +80,18 @@ def synth_command(
     backgrounds: str = typer.Option("both", "--backgrounds", metavar="procedural|photos|both",
                                     help="procedural, photos (scikit-image's CC0 samples: the train extra) or both."),
     background_folder: Optional[Path] = typer.Option(None, "--background-folder", help="More background photos."),
+    textures: Optional[list[Path]] = typer.Option(None, "--textures", help="A texture bank: datasets made with "
+                                                  "morph prepare --fit, whose photos' baked albedos the faces wear."),
+    texture_share: float = typer.Option(0.5, "--texture-share", min=0.0, max=1.0,
+                                        help="With --textures: the share of faces that wear a real albedo."),
     model: Optional[Path] = model_option(),
 ) -> None:
     """Render random faces of the model as a training dataset.
 
-    Random shape, expression, albedo, light, pose and background, with the exact 68 landmarks
-    and parameters of every face.
+    Random shape, expression, albedo (the model's, or with --textures a real photo's), light,
+    pose and background, with the exact 68 landmarks and parameters of every face.
 
-    Example: morph synth --count 10000 --out data/synth --seed 1 --resolution 128
+    Example: morph synth --count 10000 --out data/synth --seed 1 --resolution 128 --textures data/photos
     """
     from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
@@ -95,20 +99,23 @@ def synth_command(
 
     from ..defaults import load_model
     from .backgrounds import Backgrounds
-    from .synth import synthesize
+    from .prepare import fit_records
+    from .synth import SynthConfig, synthesize
 
     with reported_errors():
         if resolution not in (128, 224):
             raise InputError(f"--resolution {resolution}: use 128 or 224")
         face_model = load_model(model)
         library = Backgrounds(resolution, backgrounds, background_folder)
+        bank = [record for folder in textures or [] for record in fit_records(folder)]
+        config = SynthConfig(texture=texture_share if bank else 0.0)
         with progress_bar(TextColumn("rendering"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeRemainingColumn()) as bar:
             task = bar.add_task("synth", total=count)
-            made = synthesize(face_model, out, count, seed, resolution, library, images=images,
-                              progress=lambda n: bar.advance(task, n))
+            made = synthesize(face_model, out, count, seed, resolution, library, config, images=images,
+                              progress=lambda n: bar.advance(task, n), textures=bank)
     typer.echo(f"{made} faces rendered ({count - made} were already there) -> {out} "
-               f"(backgrounds: {library.describe()})")
+               f"(backgrounds: {library.describe()}" + (f"; texture bank of {len(bank)} faces" if bank else "") + ")")
 
 
 def profile_command(
