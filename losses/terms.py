@@ -10,7 +10,7 @@ prediction: ``landmarks [B,P,2]`` pixels (P = 68, or a detector's dense points);
 target: ``landmarks [B,P,2]`` pixels; ``image [B,3,H,W]``; optional ``landmark_weights
     [B,P]`` (e.g. zero for points a detector could not see); for :class:`ParameterLoss`,
     ground-truth groups ``identity``, ``expression``, ``albedo`` ``[B,K]`` with
-    ``parameter_weights [B]`` (1 where a sample has ground truth, 0 where not).
+    ``parameter_weights [B]`` (how far each sample's ground truth is trusted: 0 where it has none).
 
 A single loss returns a scalar tensor; a sum (or a weighted loss) returns
 ``(total, {name: weighted value})`` so the terms can be logged.

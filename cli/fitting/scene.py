@@ -26,6 +26,23 @@ def rotation_matrix(params: Parameters) -> torch.Tensor:
     return kornia.geometry.conversions.axis_angle_to_rotation_matrix(params.rotation)
 
 
+def texture_at(model: MorphableModel, rast: torch.Tensor, texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's ``texture [3,T,T]`` (its UV layout; rows top-down, v up) where ``rast`` (``render.rasterize``
+    of the model's triangles, ``[B,H,W,4]`` bottom-up) drew it, bilinearly: ``(colour [B,3,H,W], drawn
+    [B,1,H,W])`` top-down. Pixels next to drawn ones take the mean of their drawn neighbours (so that an
+    antialiased silhouette blends the face's colour, not black); others are 0."""
+    triangles = (model.uv_triangles if model.uv_triangles is not None else model.triangles).int()
+    uv, _ = render.interpolate(model.uv[None].to(rast.dtype), rast, triangles)
+    grid = torch.stack([2 * uv[..., 0] - 1, 1 - 2 * uv[..., 1]], -1).flip(1)
+    colour = nn.functional.grid_sample(texture[None].expand(len(rast), -1, -1, -1).to(rast.dtype), grid,
+                                       mode="bilinear", padding_mode="border", align_corners=False)
+    drawn = (rast[..., 3] > 0).flip(1)[:, None].to(colour.dtype)
+    colour = colour * drawn
+    around = nn.functional.avg_pool2d(torch.cat([colour, drawn], 1), 3, stride=1, padding=1)
+    filled = around[:, :3] / around[:, 3:].clamp_min(1e-6)
+    return torch.where(drawn > 0, colour, filled * (around[:, 3:] > 0)), drawn
+
+
 class VertexRows(nn.Module):
     """The model evaluated at some of its vertices only (``rows [R]``): cheaper than all N.
 

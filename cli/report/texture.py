@@ -40,7 +40,7 @@ import render
 from morphable import MorphableModel, Parameters
 from morphable.mirror import mirror_vertices
 
-from ..fitting.scene import rotation_matrix
+from ..fitting.scene import rotation_matrix, texture_at
 
 TEXTURE_SIZE = 1024
 FACING = (0.25, 0.6)  # normal·view: below the first no photo (grazing), above the second full weight
@@ -375,19 +375,8 @@ def render_textured(model: MorphableModel, params: Parameters, texture: torch.Te
     ``height`` x ``width`` image: ``(image [3,H,W], coverage [1,H,W])`` (no antialiasing)."""
     with torch.no_grad():
         vertices, _ = model(params.identity, params.expression)
-        rotation = rotation_matrix(params)
         camera = render.OrthographicCamera((height, width))
-        clip = camera.to_clip(vertices, rotation, params.translation, params.scale)
+        clip = camera.to_clip(vertices, rotation_matrix(params), params.translation, params.scale)
         rast, _ = render.rasterize(clip, model.triangles.int(), (height, width), backend=backend)
-        flat = rast[0].flip(0).reshape(-1, 4)
-        drawn = (flat[:, 3] > 0).nonzero().squeeze(1)
-        face = flat[drawn, 3].long() - 1
-        bary = torch.stack([flat[drawn, 0], flat[drawn, 1], 1 - flat[drawn, 0] - flat[drawn, 1]], 1)
-        uv_tri = model.uv_triangles if model.uv_triangles is not None else model.triangles
-        uv = torch.bmm(bary[:, None], model.uv[uv_tri[face]])[:, 0]
-        colour = _sample(texture, torch.stack([2 * uv[:, 0] - 1, 1 - 2 * uv[:, 1]], 1))
-        image = texture.new_zeros(height * width, 3)
-        image[drawn] = colour
-        mask = texture.new_zeros(height * width)
-        mask[drawn] = 1
-    return image.T.reshape(3, height, width), mask.reshape(1, height, width)
+        colour, drawn = texture_at(model, rast, texture)
+    return colour[0] * drawn[0], drawn[0]

@@ -4,7 +4,8 @@
 ``step`` (steps done), ``epoch`` and ``batch`` (the data position, see
 :mod:`cli.training.loader`), ``network``, ``ema`` (or None), ``optimizer`` and ``scheduler``
 state dicts, ``rng`` (torch's CPU generator state), ``config`` (the resolved settings as a
-dict) and ``model`` (the morphable model's name). A crash or SIGKILL while writing leaves the
+dict), ``model`` (the morphable model's name) and ``trunk`` (where the trunk's weights started:
+its published weights, a file, or from scratch). A crash or SIGKILL while writing leaves the
 previous checkpoint in place: the new one is written beside it and renamed over it.
 """
 

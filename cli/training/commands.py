@@ -99,7 +99,7 @@ def synth_command(
 
     from ..defaults import load_model
     from .backgrounds import Backgrounds
-    from .prepare import fit_records
+    from .prepare import usable_records
     from .synth import SynthConfig, synthesize
 
     with reported_errors():
@@ -107,7 +107,7 @@ def synth_command(
             raise InputError(f"--resolution {resolution}: use 128 or 224")
         face_model = load_model(model)
         library = Backgrounds(resolution, backgrounds, background_folder)
-        bank = [record for folder in textures or [] for record in fit_records(folder)]
+        bank = [record for folder in textures or [] for record in usable_records(folder, face_model)[0]]
         config = SynthConfig(texture=texture_share if bank else 0.0)
         with progress_bar(TextColumn("rendering"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeRemainingColumn()) as bar:
@@ -141,7 +141,7 @@ def profile_command(
 
     from ..defaults import load_model
     from .backgrounds import Backgrounds
-    from .prepare import fit_records
+    from .prepare import usable_records
     from .profile import profile_dataset
 
     with reported_errors():
@@ -149,7 +149,7 @@ def profile_command(
             raise InputError(f"--resolution {resolution}: use 128 or 224")
         face_model = load_model(model)
         library = Backgrounds(resolution, backgrounds, background_folder)
-        steps = iter(progress_track(range(len(fit_records(dataset))), "profiling"))
+        steps = iter(progress_track(range(len(usable_records(dataset, face_model)[0])), "profiling"))
         next(steps, None)
 
         def on_record(path, error):

@@ -44,7 +44,7 @@ class Batch:
         return Batch(self.images.to(device), self.landmarks.to(device), self.landmark_weights.to(device), params,
                      self.has_params.to(device), weights)
 
-    def parameter_weight(self) -> torch.Tensor:
+    def parameter_loss_weights(self) -> torch.Tensor:
         """``[B]`` the weight of each sample's parameter loss: 0 without parameters."""
         has = self.has_params.float()
         return has if self.parameter_weights is None else has * self.parameter_weights
@@ -53,11 +53,13 @@ class Batch:
         return self.images.shape[0]
 
 
-def split(dataset: Dataset, val_fraction: float = 0.02, val_max: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def split(dataset: Dataset, val_fraction: float = 0.02, val_max: int = 256,
+          whole: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ids ``[M,2]`` (shard, index) for training and for validation.
 
     Validation takes the last ``ceil(val_fraction * count)`` samples (at most ``val_max``) of
     every dataset folder, so adding data to a folder's end does not move samples between splits.
+    ``whole``: the folders are validation sets, which may be held out entirely.
     """
     train, val = [], []
     by_folder: dict = {}
@@ -66,7 +68,7 @@ def split(dataset: Dataset, val_fraction: float = 0.02, val_max: int = 256) -> t
     for shard_ids in by_folder.values():
         total = sum(dataset.shards[s].count for s in shard_ids)
         held = min(val_max, math.ceil(val_fraction * total)) if val_fraction > 0 else 0
-        if held >= total:
+        if held >= total and not whole:
             raise DatasetError(f"{dataset.shards[shard_ids[0]].path.parent}: {total} samples are too few to hold out "
                                f"{held} for validation")
         first_val = total - held

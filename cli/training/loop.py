@@ -183,8 +183,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
     if config.validation:
         train_ids = split(dataset, 0.0)[0]
         val_dataset = _check_datasets(config, model, config.validation)
-        val_ids = torch.cat([torch.stack([torch.full((n,), s), torch.arange(n)], 1)
-                             for s, n in enumerate(val_dataset.counts.tolist())])[:config.val_max]
+        val_ids = split(val_dataset, 1.0, config.val_max, whole=True)[1]
     else:
         train_ids, val_ids = split(dataset, config.val_fraction, config.val_max)
     stream = BatchStream(dataset, train_ids, config.batch_size, config.seed, d.rank, d.world, config.window)
@@ -207,6 +206,10 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
 
     torch.manual_seed(config.seed)
     pretrained = config.trunk_weights or config.pretrained
+    if pretrained is True and state is None and d.active:  # one process fetches the published weights
+        if d.main:
+            ParameterRegressor.for_model(model, config.backbone, config.resolution, pretrained=True)
+        distributed.barrier(d)
     net = ParameterRegressor.for_model(model, config.backbone, config.resolution, pretrained=pretrained
                                        if state is None else False).to(d.device)
     optimiser = _optimiser(net, config)
@@ -223,6 +226,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
         step = int(state["step"])
+        net.trunk_origin = state.get("trunk", net.trunk_origin)
     wrapped = DistributedDataParallel(net) if d.active else net
     scene = FaceScene(model, config.resolution, detail=detail).to(d.device)
     loss_fn = training_loss(config, config.resolution).to(d.device)
@@ -247,6 +251,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
             "step": at, "epoch": epoch, "batch": batch_index, "network": net.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "optimizer": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "config": to_dict(config),
+            "trunk": net.trunk_origin,
             "model": model.metadata.get("name", "")})
         (ema.module if ema is not None else net).save(run / "network.safetensors", {"trained_steps": str(at)})
         return run / CHECKPOINT
@@ -313,7 +318,7 @@ def _train(config: TrainConfig, run: Path, state: dict | None, d: distributed.Di
 
 def _target(batch: Batch) -> dict:
     target = {"landmarks": batch.landmarks, "image": batch.images, "landmark_weights": batch.landmark_weights,
-              "parameter_weights": batch.parameter_weight()}
+              "parameter_weights": batch.parameter_loss_weights()}
     if batch.params is not None:
         target.update({g: batch.params[g] for g in ("identity", "expression", "albedo")})
     return target

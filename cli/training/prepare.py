@@ -8,10 +8,11 @@ Labels, by what lies beside the photo:
 - otherwise the detector's 68 points: label ``detector``.
 
 Hand-placed labels (``pts``, ``template``) follow 300-W's convention, the jaw on the visible
-outline, and a detector's jaw points follow the outline too; the model's jaw vertices are fixed
-surface points (AFLW2000-3D's convention). The two agree on a frontal face and part as the head
-turns, so such jaw points get ``OUTLINE_JAW_WEIGHT`` (annotations) or ``DETECTOR_JAW_WEIGHT``
-(detector) in the sample's landmark weights. The shard's ``labels`` metadata says which kind each
+outline, while the model's jaw vertices are fixed surface points (AFLW2000-3D's convention): the
+two agree on a frontal face and part as the head turns, so such jaw points get
+``OUTLINE_JAW_WEIGHT``. A detector's jaw points are its least certain (dlib's follow the outline;
+MediaPipe's come from its face oval, which slides along the outline as the head turns): they get
+``DETECTOR_JAW_WEIGHT``. The shard's ``labels`` metadata says which kind each
 sample has.
 
 With a model (``fit_model``, ``morph prepare --fit``), every photo is also fitted once (the
@@ -50,20 +51,20 @@ from ..errors import USER_ERRORS, InputError
 from ..files import load_image, read_landmarks
 from ..fitting.crop import crop_image, make_crop
 from ..fitting.optimise import FitConfig, FitDiverged
-from .shards import Sample, ShardWriter
+from .shards import Sample, ShardWriter, read_index
 from .templates import TemplateMap, find_template_map, load_template_map, template_landmarks
 
 DETECTOR_JAW_WEIGHT = 0.2
 OUTLINE_JAW_WEIGHT = 0.5
 AGREEMENT_NME = 0.04  # inner-51 bbox-NME between the fitted 68 and the labels, for the fit to teach
-TEXTURE_SIZE = 256  # texels a side of the baked albedo (a 128-px crop shows the face at < 100 px)
+FIT_TEXTURE_SIZE = 256  # texels a side of the baked albedo (a 128-px crop shows the face at < 100 px)
 FITS = "fits"
 LABELS = {
     "pts": "an iBUG .pts beside the photo (hand-placed; jaw on the visible outline, weight "
            f"{OUTLINE_JAW_WEIGHT})",
     "template": "a hand-placed .tem template through a template map (jaw on the visible outline, weight "
                 f"{OUTLINE_JAW_WEIGHT})",
-    "detector": f"the detector's 68 (jaw on the visible outline, weight {DETECTOR_JAW_WEIGHT})",
+    "detector": f"the detector's 68 (its jaw points approximate, weight {DETECTOR_JAW_WEIGHT})",
     "fit": "the fitted model's 68 (the model's fixed jaw vertices), where they agree with the detector's",
 }
 
@@ -88,7 +89,7 @@ class _Labels:
 
 def prepare_dataset(photos: list[Path], out: Path, resolution: int = 224, retry_failed: bool = False,
                     on_photo=None, detector: str = "mediapipe", fit_model: MorphableModel | None = None,
-                    texture_size: int = TEXTURE_SIZE, template_map: Path | None = None,
+                    texture_size: int = FIT_TEXTURE_SIZE, template_map: Path | None = None,
                     fit_config: FitConfig | None = None) -> PrepareSummary:
     """Add ``photos`` to the dataset folder ``out``; ``on_photo(path, error or None)`` after each.
 
@@ -102,9 +103,10 @@ def prepare_dataset(photos: list[Path], out: Path, resolution: int = 224, retry_
         generator |= {"fit": True, "texture_size": texture_size, "agreement_nme": AGREEMENT_NME}
         model_info = {"name": fit_model.metadata.get("name", ""), "sizes": list(fit_model.parameter_sizes)}
     writer = ShardWriter(out, resolution, generator=generator, model=model_info)
-    if fit_model is not None and writer.index.get("model") != model_info:
-        raise InputError(f"{out}: holds a dataset made {'without fits' if not writer.index.get('model') else 'with '}"
-                         f"{writer.index.get('model') or ''}; fitting with {model_info} needs another folder")
+    if writer.index.get("model") != model_info:
+        made = f"with fits of {writer.index['model']}" if writer.index.get("model") else "without fits"
+        wanted = f"fits of {model_info}" if model_info else "no fits"
+        raise InputError(f"{out}: holds a dataset made {made}; adding photos with {wanted} needs another folder")
     writer.index.setdefault("labels", {})
     mapping = load_template_map(template_map) if template_map is not None else None
     maps: dict[Path, TemplateMap] = {}
@@ -122,6 +124,7 @@ def prepare_dataset(photos: list[Path], out: Path, resolution: int = 224, retry_
                              summary)
         except (*USER_ERRORS, FitDiverged) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = reason.removeprefix(f"{photo}: ")  # the log line names the photo already
             writer.fail(source, reason)
             summary.failed.append((source, reason))
             with open(log_path, "a") as log:
@@ -150,8 +153,7 @@ def _found_map(photo: Path, cache: dict) -> TemplateMap | None:
     return cache[path]
 
 
-def _labels(photo: Path, image: torch.Tensor, detector: str, mapping: TemplateMap | None,
-            fitting: bool) -> _Labels:
+def _labels(photo: Path, detector: str, mapping: TemplateMap | None, fitting: bool) -> _Labels:
     """The photo's labels, and (when ``fitting``) what its fit starts from: always the detector's
     face (with MediaPipe, its 468 points), so that every fit is made the same way. A fit to 68
     points given as exact annotations follows them with weak priors, and 68 points leave much of
@@ -177,12 +179,12 @@ def _sample(photo: Path, source: str, resolution: int, detector: str, mapping: T
             model: MorphableModel | None, texture_size: int, config: FitConfig, out: Path,
             summary: PrepareSummary) -> Sample:
     image = load_image(photo)
-    labels = _labels(photo, image, detector, mapping, model is not None)
+    labels = _labels(photo, detector, mapping, model is not None)
     params = parameter_weight = None
     landmarks, weights, kind = labels.landmarks, labels.weights, labels.kind
     if model is not None:
         record = _fit_record(out, source, photo, image, labels, model, texture_size, config, summary)
-        agrees = float(record["agreement"]) <= AGREEMENT_NME
+        agrees = inner_agreement(record["fitted"], landmarks) <= AGREEMENT_NME
         parameter_weight = torch.tensor(1.0 if agrees else 0.0)
         summary.teaching += int(agrees)
         if agrees and kind == "detector":
@@ -198,7 +200,8 @@ def _sample(photo: Path, source: str, resolution: int, detector: str, mapping: T
 
 def inner_agreement(points: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean distance of the inner 51 of two sets of 68 points ``[68,2]``, over the labels' face size (the
-    square root of their bounding box's area: bbox-NME)."""
+    square root of their bounding box's area, all 68: bbox-NME as :func:`losses.landmark_nme`, which
+    averages over all 68 points)."""
     size = (labels.amax(0) - labels.amin(0)).prod().sqrt()
     return float((points[17:] - labels[17:]).norm(dim=-1).mean() / size)
 
@@ -216,7 +219,10 @@ def _fit_record(out: Path, source: str, photo: Path, image: torch.Tensor, labels
     if path.is_file():
         try:
             record = read_fit_record(path)
-            if record["source"] == source and record["albedo"].shape[-1] == texture_size:
+            # The same photo, texture size, model and labels (a changed .pts or .tem fits again).
+            if (record["source"] == source and record["albedo"].shape[-1] == texture_size
+                    and record["model"] == model.metadata.get("name", "")
+                    and torch.equal(record["labels"], labels.landmarks.float())):
                 summary.fits_reused += 1
                 return record
         except InputError:
@@ -262,6 +268,24 @@ def read_fit_record(path: Path) -> dict:
     record.update({k: v for k, v in tensors.items() if not k.startswith("params_")})
     record["params"] = Parameters(**{g: tensors[f"params_{g}"] for g in GROUPS})
     return record
+
+
+def usable_records(dataset: Path, model: MorphableModel) -> tuple[list[Path], int]:
+    """The fit records of ``dataset`` whose fit agrees with its labels (profiling and the texture bank use
+    only those: a fit that disagrees baked a misplaced texture), and how many were left out; InputError if
+    the dataset's fits are of another morphable model."""
+    made_for = read_index(Path(dataset)).get("model") or {}
+    mine = {"name": model.metadata.get("name", ""), "sizes": list(model.parameter_sizes)}
+    if made_for != mine:
+        raise InputError(f"{dataset}: its fits are of model {made_for}, not of {mine} (give that --model)")
+    usable, left_out = [], 0
+    for path in fit_records(dataset):
+        record = read_fit_record(path)
+        if inner_agreement(record["fitted"], record["labels"]) <= AGREEMENT_NME:
+            usable.append(path)
+        else:
+            left_out += 1
+    return usable, left_out
 
 
 def fit_records(dataset: Path) -> list[Path]:

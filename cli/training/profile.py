@@ -35,7 +35,7 @@ from ..fitting.crop import crop_image, make_crop
 from ..fitting.scene import rotation_matrix
 from ..report.texture import pull_push
 from .backgrounds import Backgrounds
-from .prepare import AGREEMENT_NME, fit_records, read_fit_record
+from .prepare import read_fit_record, usable_records
 from .shards import Sample, ShardWriter
 from .synth import SynthConfig, _occlude, sample_parameters
 from .textured import TexturedFace
@@ -92,11 +92,11 @@ def profile_dataset(dataset: Path, out: Path, model: MorphableModel, per_face: i
 
     Returns counts: ``made`` (samples now), ``records`` (used), ``disagreeing`` (records skipped:
     their fit disagrees with their labels), ``missing`` (records whose photo is gone).
-    ``progress(n)`` after every record's samples; ``on_record(path, error or None)`` after each.
+    ``progress(n)`` after every record's samples; ``on_record(path, error or None)`` after each used one.
     """
     config = config or ProfileConfig()
     backgrounds = backgrounds or Backgrounds(resolution, "procedural")
-    records = fit_records(dataset)
+    records, disagreeing = usable_records(dataset, model)
     settings = {"command": "profile", "dataset": str(Path(dataset).resolve()), "per_face": per_face, "seed": seed,
                 "resolution": resolution, "backgrounds": backgrounds.describe(),
                 **{k: getattr(config, k) for k in config.__dataclass_fields__}}
@@ -109,16 +109,13 @@ def profile_dataset(dataset: Path, out: Path, model: MorphableModel, per_face: i
     face = TexturedFace(model)
     pivot = head_pivot(model)
     synth = SynthConfig(yaw=config.yaw, pitch=config.pitch, roll=config.roll)
-    counts = {"made": 0, "records": 0, "disagreeing": 0, "missing": 0}
+    counts = {"made": 0, "records": 0, "disagreeing": disagreeing, "missing": 0}
     for path in records:
         keys = [f"profile:{seed}:{path.stem}:{k}" for k in range(per_face)]
         todo = [k for k, key in enumerate(keys) if key not in writer.done]
         try:
             record = read_fit_record(path)
-            if float(record["agreement"]) > AGREEMENT_NME:
-                counts["disagreeing"] += 1
-                todo = []
-            elif todo:
+            if todo:
                 photo = load_image(Path(record["source"]))
         except InputError as exc:
             counts["missing"] += 1

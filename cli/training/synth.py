@@ -160,7 +160,7 @@ def synthesize(model: MorphableModel, out: Path, count: int, seed: int = 0, reso
     settings = {"command": "synth", "seed": seed, "resolution": resolution, "backgrounds": backgrounds.describe(),
                 **{k: getattr(config, k) for k in config.__dataclass_fields__}}
     if bank and config.texture > 0:
-        settings["textures"] = f"{len(bank)} fit records from {sorted({str(p.parent.parent) for p in bank})}"
+        settings["textures"] = f"{len(bank)} fit records from {sorted({str(p.resolve().parent.parent) for p in bank})}"
     textured = TexturedFace(model) if bank and config.texture > 0 else None
     loaded: dict[Path, tuple] = {}
 

@@ -53,14 +53,14 @@ def load_template_map(path: Path) -> TemplateMap:
             raise ValueError(f"'ibug68' has {len(entries) if isinstance(entries, list) else 'no list of'} entries, "
                              "expected 68")
         indices = [[[int(i) for i in entry[axis]] for axis in ("x", "y")] for entry in entries]
+        used = [i for entry in indices for axis in entry for i in axis]
+        points = int(data.get("points", max(used, default=0) + 1))
     except FileNotFoundError:
         raise InputError(f"{path}: no such template map") from None
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: not a template map ({type(exc).__name__}: {exc})") from None
-    used = [i for entry in indices for axis in entry for i in axis]
     if not used or min(used) < 0 or any(not axis for entry in indices for axis in entry):
         raise InputError(f"{path}: not a template map (an entry lists no point, or a negative index)")
-    points = int(data.get("points", max(used) + 1))
     if max(used) >= points:
         raise InputError(f"{path}: uses template point {max(used)}, but says templates have {points} points")
     weights = torch.zeros(2, 68, points, dtype=torch.float64)

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import render
 from morphable import MorphableModel, Parameters
 
 from ..errors import InputError
-from ..fitting.scene import FaceScene, rotation_matrix
+from ..fitting.scene import FaceScene, rotation_matrix, texture_at
 
 
 class TexturedFace:
@@ -24,20 +23,19 @@ class TexturedFace:
         if model.uv is None:
             raise InputError(f"model '{model.metadata.get('name')}' has no UVs: textured renders need them")
         self.model = model
-        self.uv_triangles = (model.uv_triangles if model.uv_triangles is not None else model.triangles).int()
         self.renderer = render.Renderer(model.triangles)
         self._scenes: dict[int, FaceScene] = {}
 
     def __call__(self, params: Parameters, texture: torch.Tensor, resolution: int):
-        scene = self._scenes.setdefault(resolution, FaceScene(self.model, resolution))
+        if resolution not in self._scenes:
+            self._scenes[resolution] = FaceScene(self.model, resolution)
+        scene = self._scenes[resolution]
         with torch.no_grad():
             vertices, _ = self.model(params.identity, params.expression)
             white = torch.ones_like(vertices)
             out = self.renderer(vertices, white, params.lighting, scene.camera, rotation_matrix(params),
                                 params.translation, params.scale)
-            uv, _ = render.interpolate(self.model.uv[None].float(), out.rast, self.uv_triangles)  # [1,H,W,2] bottom-up
-            grid = torch.stack([2 * uv[..., 0] - 1, 1 - 2 * uv[..., 1]], -1).flip(1)  # top-down rows, v up
-            albedo = F.grid_sample(texture[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+            albedo, _ = texture_at(self.model, out.rast, texture)
             # The renderer's image is the irradiance times coverage (premultiplied): times the albedo.
             image = (out.image * albedo)[0]
             landmarks = scene.landmarks(params)[0]

@@ -79,8 +79,8 @@ def validate(net, scene: FaceScene, stream: BatchStream, ids: torch.Tensor, devi
         neutral = Parameters.neutral(model.parameter_sizes, len(batch), device, scale=scale0)
         neutral.pose[:, 3], neutral.pose[:, 4] = tx, ty
         add("neutral_px", (scene.landmarks(neutral) - batch.landmarks).norm(dim=-1)[valid])
-        if batch.params is not None and batch.has_params.any():
-            has = batch.has_params
+        has = batch.parameter_loss_weights() > 0  # not the fits that disagree with their labels
+        if batch.params is not None and has.any():
             truth = Parameters(**{g: t[has] for g, t in batch.params.items()})
             mine = Parameters(**{g: t[has] for g, t in params.groups().items()})
             difference = model.shape(mine.identity, mine.expression) - model.shape(truth.identity, truth.expression)

@@ -11,13 +11,8 @@ already downloaded wheel instead. MediaPipe's code and these models are Apache-2
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
 import json
 import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import torch
@@ -25,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ...errors import InputError
+from ...wheels import cache_dir, fetch_wheel, read_member
 from .graph import GraphModule, compile_graph
 from .tflite import TFLiteError, read_model
 
@@ -49,10 +45,6 @@ class WeightsUnavailable(InputError):
     """MediaPipe's models could not be fetched or read."""
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MORPH_CACHE") or Path.home() / ".cache" / "morph")
-
-
 def wheel_path(download: bool = True) -> Path:
     """The mediapipe wheel: ``$MORPH_MEDIAPIPE_WHEEL``, else the cached one, else downloaded with pip."""
     given = os.environ.get("MORPH_MEDIAPIPE_WHEEL")
@@ -67,39 +59,18 @@ def wheel_path(download: bool = True) -> Path:
         return cached[0]
     if not download:
         raise WeightsUnavailable(f"the mediapipe {VERSION} wheel is not in {folder}")
-    return _download(folder)
-
-
-def _download(folder: Path) -> Path:
-    if importlib.util.find_spec("pip") is None:
-        raise WeightsUnavailable(f"fetching MediaPipe's face models needs pip (pip download mediapipe=={VERSION}); "
-                                 "or set MORPH_MEDIAPIPE_WHEEL to a downloaded wheel, or use --detector dlib")
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", f"mediapipe=={VERSION}", "--no-deps", "-q",
-               "--disable-pip-version-check", "-d", str(folder), *PIP_PLATFORM]
-    print(f"morph: fetching MediaPipe's face models (pip download mediapipe=={VERSION}, ~35 MB, once) "
-          f"into {folder}", file=sys.stderr)
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    cached = sorted(folder.glob(f"mediapipe-{VERSION}-*.whl"))
-    if result.returncode != 0 or not cached:
-        reason = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
-        raise WeightsUnavailable(f"cannot download mediapipe=={VERSION} with pip (offline?): {reason[:200]}; "
-                                 "set MORPH_MEDIAPIPE_WHEEL to a downloaded wheel, or use --detector dlib")
-    return cached[0]
+    try:
+        return fetch_wheel(f"mediapipe=={VERSION}", WeightsUnavailable, tuple(PIP_PLATFORM),
+                           "fetching MediaPipe's face models (~35 MB)")
+    except WeightsUnavailable as exc:
+        raise WeightsUnavailable(f"{exc}; set MORPH_MEDIAPIPE_WHEEL to a downloaded wheel, or use --detector "
+                                 "dlib") from None
 
 
 def read_tflite(name: str, wheel: Path | None = None) -> bytes:
     """The bytes of model ``name`` from the wheel, checked against its SHA-256."""
     member, digest = MODELS[name]
-    wheel = wheel or wheel_path()
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(member)
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise WeightsUnavailable(f"{wheel}: cannot read {member} ({type(exc).__name__})") from None
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise WeightsUnavailable(f"{wheel}: {member} is not the file of mediapipe {VERSION} (SHA-256 differs)")
-    return data
+    return read_member(wheel or wheel_path(), member, digest, WeightsUnavailable)
 
 
 def converted_path(name: str) -> Path:
