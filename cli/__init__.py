@@ -10,7 +10,8 @@ the report reuse; per-photo, same-person and video fits), ``training/`` (the net
 loop) and ``report/`` (what a fit writes); ``app.py`` only declares commands. Beside them, the
 plumbing every job uses: ``files.py`` and ``video.py`` (files and frames in, atomic outputs),
 ``defaults.py`` (the shipped model and network), ``options.py`` (Typer options several commands
-take), ``progress.py`` (progress bars, on a terminal only) and ``errors.py`` (the one-line errors).
+take), ``progress.py`` (progress bars, on a terminal only), ``wheels.py`` (data read from wheels on
+PyPI: fetched once, never installed) and ``errors.py`` (the one-line errors).
 """
 
 from .app import app, run
