@@ -215,6 +215,18 @@ def stage_train(args, recipe: dict) -> None:
         f"validation {result.last_validation}")
 
 
+def licence(net: ParameterRegressor) -> str:
+    """The weights' terms: those of a pretrained trunk they were fine-tuned from, and the data's attribution."""
+    data = ("trained in part on the Face Research Lab London Set (CC-BY 4.0: attribution required, see "
+            "'attribution'); the other sources are public domain, CC0 or Pexels-licensed (assets/README.md)")
+    if net.backbone_name == "mediapipe_mesh":
+        return ("Apache-2.0: fine-tuned from MediaPipe's face mesh network (Copyright Google LLC, Apache-2.0); " + data)
+    if net.backbone_name == "efficientnet_lite0" and "ImageNet" in net.trunk_origin:
+        return ("Apache-2.0: fine-tuned from EfficientNet-Lite0 ImageNet weights (ML Illustrated, Apache-2.0); "
+                + data)
+    return "CC-BY-4.0 (" + data + ")"
+
+
 def stage_export(args, recipe: dict) -> None:
     model = load_model()
     config = _update(TrainConfig(), recipe["train"], str(args.config))
@@ -225,8 +237,7 @@ def stage_export(args, recipe: dict) -> None:
         "recipe": "assets/train_regressor.py with assets/regressor.toml",
         "data": "; ".join(f"{name}: {n} samples" for name, n in counts.items()) + " (see assets/README.md)",
         "attribution": ATTRIBUTION,
-        "licence": "weights: CC-BY-4.0 (trained in part on the CC-BY 4.0 Face Research Lab London Set; the other "
-                   "sources are public domain, CC0, Apache-2.0 or Pexels-licensed: see assets/README.md)",
+        "licence": licence(net),
         "trained_steps": str(config.steps)}, dtype=torch.float16)
     log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
 

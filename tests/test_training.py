@@ -438,17 +438,17 @@ def test_the_shipped_network_lands_the_astronauts_landmarks(face_model):
     from cli.training import predict
 
     net = load_network(None, face_model)
-    assert DEFAULT_NETWORK.stat().st_size < 50e6
+    assert DEFAULT_NETWORK.stat().st_size < 25e6
     image = load_image(ROOT / "assets" / "astronaut.png")
     detected, _ = detect_landmarks(image)
     params = predict(net, image, detected)
     predicted = FaceScene(face_model, 1).landmarks(params)[0]
     size = (detected.amax(0) - detected.amin(0)).prod().sqrt()  # the face's size: sqrt of its box's area
     errors = (predicted - detected).norm(dim=-1)
-    # Measured: inner 51 points 6.9 % of the face size, all 68 7.1 % (the fit it starts ends at
-    # 1.3 px from the detector's inner points). The aim is 5 %: not reached yet.
-    assert errors[17:].mean() < 0.08 * size
-    assert errors.mean() < 0.08 * size
+    # Measured: inner 51 points 2.6 % of the face size, all 68 3.8 % (the network trained on synthetic
+    # faces only: 6.9 % and 7.1 %). Float rounding moves these by far less than the margin.
+    assert errors[17:].mean() < 0.04 * size
+    assert errors.mean() < 0.055 * size
 
 
 def test_predict_writes_a_fit_folder_without_a_loss_curve(tmp_path):
